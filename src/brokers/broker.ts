@@ -1,0 +1,131 @@
+import type { Message, OutgoingMessage } from '../core/message.js';
+
+/**
+ * The one contract every broker adapter implements. Nothing above this file imports a broker
+ * client library. Kept small on purpose: a capability a broker lacks is an UNSUPPORTED error
+ * naming the broker, never a method that silently does nothing.
+ */
+
+export interface BrokerCapabilities {
+  /** Same key delivered in publish order. */
+  readonly ordered: boolean;
+  /** deliverAt honoured by the broker. */
+  readonly delay: boolean;
+  /** Two-phase (half message, commit / rollback) publishing. */
+  readonly transactions: boolean;
+  /** Tag expressions (`a||b`) evaluated by the adapter or the broker. */
+  readonly tagFilter: boolean;
+  /** Messages survive a broker restart. */
+  readonly durable: boolean;
+}
+
+/** Credentials a remote caller presented; adapters that authenticate per caller use them. */
+export interface Credentials {
+  readonly accessKeyId: string;
+  readonly accessKeySecret: string;
+}
+
+export interface SendResult {
+  readonly messageId: string;
+}
+
+/** A half message: invisible to consumers until committed, discarded on rollback. */
+export interface PreparedTransaction {
+  readonly messageId: string;
+  readonly transactionId: string;
+  commit(): Promise<void>;
+  rollback(): Promise<void>;
+}
+
+export interface ProducerOptions {
+  credentials?: Credentials | undefined;
+}
+
+export interface Producer {
+  readonly topic: string;
+  send(message: OutgoingMessage): Promise<SendResult>;
+  /** Two-phase publish; UNSUPPORTED where `capabilities.transactions` is false. */
+  prepare(message: OutgoingMessage): Promise<PreparedTransaction>;
+  /** Idempotent; resolves when the producer's handles are released. */
+  close(): Promise<void>;
+}
+
+export interface SubscribeOptions {
+  topic: string;
+  group: string;
+  /** Tag expression: `*` (default) or `a||b`. */
+  filter?: string | undefined;
+  /** Deliveries handed out and not yet acked or nacked; the adapter pulls only below this. */
+  maxInFlight?: number | undefined;
+  /** Hold back a key's next message until the previous one is settled (where supported). */
+  ordered?: boolean | undefined;
+  /** Where a group seen for the first time starts: 'latest' (default) or 'earliest'. */
+  start?: 'latest' | 'earliest' | undefined;
+  /** An unsettled delivery is redelivered after this long. */
+  ackTimeoutMs?: number | undefined;
+  credentials?: Credentials | undefined;
+}
+
+export interface NackOptions {
+  /** Redeliver no sooner than this; 0 (default) means as soon as possible. */
+  delayMs?: number | undefined;
+}
+
+export interface Delivery {
+  readonly message: Message;
+  /**
+   * Settles the delivery. Acking twice is harmless; acking a delivery the subscription no longer
+   * holds (closed, expired, revoked) rejects with NOT_FOUND: the message will be redelivered.
+   */
+  ack(): Promise<void>;
+  /** Gives the message back for redelivery after `delayMs`. Same NOT_FOUND rule as ack(). */
+  nack(options?: NackOptions): Promise<void>;
+}
+
+export interface Subscription extends AsyncIterable<Delivery> {
+  readonly topic: string;
+  readonly group: string;
+  /** Deliveries handed out and not yet settled. */
+  readonly inFlight: number;
+  /**
+   * Ends the iteration and releases every unsettled delivery for redelivery at once.
+   * Idempotent; resolves when the subscription's handles are gone.
+   */
+  close(): Promise<void>;
+}
+
+export interface HealthStatus {
+  readonly ok: boolean;
+  readonly detail: string;
+}
+
+export interface Broker {
+  /** 'memory', 'kafka', 'rocketmq', 'nats': used in error messages and metrics. */
+  readonly kind: string;
+  /** The URL this broker was opened with, credentials removed. */
+  readonly url: string;
+  readonly capabilities: BrokerCapabilities;
+  producer(topic: string, options?: ProducerOptions): Promise<Producer>;
+  subscribe(options: SubscribeOptions): Promise<Subscription>;
+  health(): Promise<HealthStatus>;
+  /** Closes every producer and subscription it opened. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Options every adapter accepts; adapter-specific settings travel in the URL's query. */
+export interface BrokerOpenOptions {
+  /** Default for SubscribeOptions.ackTimeoutMs. */
+  ackTimeoutMs?: number | undefined;
+  /** Diagnostics sink; adapters never write to the console on their own. */
+  log?: BrokerLog | undefined;
+}
+
+export interface BrokerLog {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export const DEFAULT_MAX_IN_FLIGHT = 64;
+export const DEFAULT_ACK_TIMEOUT_MS = 30_000;

@@ -1,0 +1,51 @@
+import { InvalidArgumentError } from '../core/errors.js';
+import type { Broker, BrokerOpenOptions } from './broker.js';
+
+type Opener = (url: URL, options: BrokerOpenOptions) => Promise<Broker>;
+
+/**
+ * Adapters are loaded lazily by scheme so a gateway on `memory://` never loads a Kafka or
+ * RocketMQ client library (and their start-up cost and timers).
+ */
+const OPENERS: Record<string, () => Promise<Opener>> = {
+  'memory:': async () => (await import('./memory/index.js')).openMemoryBroker,
+  'kafka:': async () => (await import('./kafka/index.js')).openKafkaBroker,
+  'rocketmq:': async () => (await import('./rocketmq/index.js')).openRocketMqBroker,
+  'nats:': async () => (await import('./nats/index.js')).openNatsBroker,
+};
+
+export const SUPPORTED_SCHEMES = (): string[] => Object.keys(OPENERS).map((s) => s.slice(0, -1));
+
+/** Opens a broker by URL: `memory://`, `kafka://host:port`, `rocketmq://host:port`, `nats://host:port`. */
+export async function openBroker(url: string, options: BrokerOpenOptions = {}): Promise<Broker> {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch (cause) {
+    throw new InvalidArgumentError(
+      `broker URL "${url}" is not a URL; write e.g. memory://, kafka://127.0.0.1:9092`,
+      { cause },
+    );
+  }
+  const load = OPENERS[parsed.protocol];
+  if (!load) {
+    throw new InvalidArgumentError(
+      `broker URL "${redactUrl(url)}" has unknown scheme "${parsed.protocol}"; supported: ${SUPPORTED_SCHEMES()
+        .map((s) => `${s}://`)
+        .join(', ')}`,
+    );
+  }
+  const open = await load();
+  return open(parsed, options);
+}
+
+/** Removes a password from a URL before it reaches a log or a metric label. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return url;
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * The leak harness. The seed event bus reported 134 "leaked" goroutines that were really 1,
+ * because it slept 100 ms after Close and counted. Here we poll until the counts settle back
+ * to the baseline or a deadline passes, and only then fail, naming what is left by type.
+ */
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export type ResourceCounts = Map<string, number>;
+
+export function countResources(): ResourceCounts {
+  const counts: ResourceCounts = new Map();
+  for (const type of process.getActiveResourcesInfo()) counts.set(type, (counts.get(type) ?? 0) + 1);
+  return counts;
+}
+
+function excess(baseline: ResourceCounts, now: ResourceCounts): Record<string, string> {
+  const diff: Record<string, string> = {};
+  for (const [type, n] of now) {
+    const before = baseline.get(type) ?? 0;
+    if (n > before) diff[type] = `${before} -> ${n}`;
+  }
+  return diff;
+}
+
+export interface SettleOptions {
+  /** How long resources may take to go away after close resolved. */
+  timeoutMs?: number;
+  intervalMs?: number;
+}
+
+/**
+ * Waits until no resource type has more live instances than in `baseline`; throws with the
+ * excess by type if that does not happen within the deadline.
+ */
+export async function assertResourcesSettle(
+  baseline: ResourceCounts,
+  options: SettleOptions = {},
+): Promise<void> {
+  const deadline = Date.now() + (options.timeoutMs ?? 10_000);
+  const interval = options.intervalMs ?? 25;
+  let diff = excess(baseline, countResources());
+  while (Object.keys(diff).length > 0 && Date.now() < deadline) {
+    await sleep(interval);
+    // Let pending I/O callbacks and microtasks run before counting again.
+    await new Promise((r) => setImmediate(r));
+    diff = excess(baseline, countResources());
+  }
+  assert.deepEqual(diff, {}, `active resources did not return to baseline: ${JSON.stringify(diff)}`);
+}
+
+/**
+ * Runs `body` (which must close everything it opens before resolving) and asserts that the
+ * process's active resources return to what they were before it ran.
+ */
+export async function withLeakCheck<T>(body: () => Promise<T>, options?: SettleOptions): Promise<T> {
+  // Settle first so handles from earlier work in the same file do not count against this body.
+  await new Promise((r) => setImmediate(r));
+  const baseline = countResources();
+  const result = await body();
+  await assertResourcesSettle(baseline, options);
+  return result;
+}
+
+function forceGc(): void {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error('heap checks need --expose-gc (npm test passes it)');
+  gc();
+  gc();
+}
+
+export interface HeapCheckOptions {
+  /** Cycles run before measuring, so caches and JIT warm up. */
+  warmup?: number;
+  cycles?: number;
+  /** Heap samples taken over the measured cycles. */
+  samples?: number;
+  /** Allowed growth per cycle (least-squares slope), in bytes. */
+  maxBytesPerCycle?: number;
+}
+
+/**
+ * Runs `cycle` many times with forced GC and fails on steady heap growth: the least-squares
+ * slope of heapUsed over the cycles must stay under `maxBytesPerCycle`.
+ */
+export async function assertHeapStable(
+  cycle: (i: number) => Promise<void>,
+  options: HeapCheckOptions = {},
+): Promise<{ slope: number }> {
+  const warmup = options.warmup ?? 50;
+  const cycles = options.cycles ?? 500;
+  const samples = options.samples ?? 10;
+  const maxSlope = options.maxBytesPerCycle ?? 256;
+  for (let i = 0; i < warmup; i++) await cycle(i);
+  const xs: number[] = [];
+  const ys: number[] = [];
+  const every = Math.max(1, Math.floor(cycles / samples));
+  for (let i = 0; i < cycles; i++) {
+    await cycle(warmup + i);
+    if ((i + 1) % every === 0) {
+      await new Promise((r) => setImmediate(r));
+      forceGc();
+      xs.push(i + 1);
+      ys.push(process.memoryUsage().heapUsed);
+    }
+  }
+  const n = xs.length;
+  const mx = xs.reduce((a, b) => a + b, 0) / n;
+  const my = ys.reduce((a, b) => a + b, 0) / n;
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < n; i++) {
+    num += ((xs[i] as number) - mx) * ((ys[i] as number) - my);
+    den += ((xs[i] as number) - mx) ** 2;
+  }
+  const slope = den === 0 ? 0 : num / den;
+  assert.ok(
+    slope <= maxSlope,
+    `heap grows ${slope.toFixed(1)} bytes per cycle (limit ${maxSlope}); samples: ${ys.map((y) => Math.round(y / 1024)).join(', ')} KiB`,
+  );
+  return { slope };
+}
+
+/** Polls `predicate` until true or the deadline passes (for "eventually" assertions). */
+export async function eventually(
+  predicate: () => boolean | Promise<boolean>,
+  what: string,
+  timeoutMs = 10_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}

@@ -66,17 +66,36 @@ if (needsBrokers) {
 }
 
 const concurrency = process.env.TEST_CONCURRENCY ?? '2';
-const run = spawnSync(
-  process.execPath,
-  [
-    '--import',
-    'tsx',
-    '--expose-gc',
-    '--test',
-    `--test-concurrency=${concurrency}`,
-    '--test-timeout=600000',
-    ...files,
-  ],
-  { stdio: 'inherit', cwd: root, env: { ...process.env, MQGATE_TEST: '1' } },
-);
-process.exit(run.status ?? 1);
+/**
+ * Files named *.serial.test.ts restart or disturb a shared broker (Kafka, RocketMQ), so they run
+ * after everything else, one at a time, where they cannot break a neighbour's test.
+ */
+const isSerial = (f: string): boolean => f.endsWith('.serial.test.ts');
+const phases: Array<[string, string[], string]> = [
+  ['parallel', files.filter((f) => !isSerial(f)), concurrency],
+  ['serial', files.filter(isSerial), '1'],
+];
+let failed = 0;
+for (const [name, phaseFiles, conc] of phases) {
+  if (phaseFiles.length === 0) continue;
+  const t0 = Date.now();
+  console.log(`\n== ${name} phase: ${phaseFiles.length} test files ==`);
+  const run = spawnSync(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      '--expose-gc',
+      '--test',
+      `--test-concurrency=${conc}`,
+      '--test-timeout=600000',
+      ...phaseFiles,
+    ],
+    { stdio: 'inherit', cwd: root, env: { ...process.env, MQGATE_TEST: '1' } },
+  );
+  console.log(
+    `== ${name} phase finished in ${((Date.now() - t0) / 1000).toFixed(1)} s (exit ${run.status}) ==`,
+  );
+  if (run.status !== 0) failed++;
+}
+process.exit(failed === 0 ? 0 : 1);

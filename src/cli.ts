@@ -1,0 +1,76 @@
+#!/usr/bin/env node
+import { Command, Option } from 'commander';
+import { isMqError } from './core/errors.js';
+import { describeSettings, type GatewayConfig, loadConfig, SETTINGS } from './gateway/config.js';
+import { createLogger } from './gateway/log.js';
+import { Gateway } from './gateway/server.js';
+
+const program = new Command('mqgate').description(
+  'A message gateway: the RocketMQProxy gRPC service in front of an embedded broker, Kafka, RocketMQ 5 and NATS JetStream.',
+);
+
+const serve = program
+  .command('serve')
+  .description(
+    'Run the gateway (defaults: gRPC 127.0.0.1:50051, metrics http://127.0.0.1:8080/metrics, embedded broker).',
+  )
+  .addHelpText(
+    'after',
+    `\nEvery flag has an environment variable (flags win):\n${describeSettings('text')}\n`,
+  );
+for (const s of SETTINGS) {
+  const opt = s.kind === 'bool' ? new Option(s.flag, s.help) : new Option(`${s.flag} <value>`, s.help);
+  serve.addOption(opt.hideHelp());
+}
+serve.action(async (opts: Record<string, string | boolean>) => {
+  const flags: Partial<Record<keyof GatewayConfig, string>> = {};
+  for (const s of SETTINGS) {
+    const name = s.flag.replace(/^--/, '').replace(/-([a-z])/g, (_: string, c: string) => c.toUpperCase());
+    const v = opts[name];
+    if (v !== undefined) flags[s.key as keyof GatewayConfig] = String(v);
+  }
+  let config: GatewayConfig;
+  try {
+    config = loadConfig(process.env, flags);
+  } catch (err) {
+    console.error(`mqgate: ${(err as Error).message}`);
+    process.exit(2);
+  }
+  const log = createLogger(config.logLevel);
+  const gateway = new Gateway({ config, logger: log });
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals++;
+    if (signals > 1) {
+      log.warn({ signal }, 'second signal: exiting at once');
+      process.exit(130);
+    }
+    log.info({ signal, timeoutMs: config.shutdownTimeoutMs }, 'shutting down');
+    const force = setTimeout(() => {
+      log.error('shutdown deadline passed: exiting');
+      process.exit(1);
+    }, config.shutdownTimeoutMs + 1000);
+    force.unref();
+    gateway.close().then(
+      () => process.exit(0),
+      (err) => {
+        log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    await gateway.start();
+  } catch (err) {
+    log.fatal({ err }, 'start-up failed');
+    console.error(`mqgate: ${isMqError(err) ? err.message : String(err)}`);
+    process.exit(1);
+  }
+});
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  console.error(`mqgate: ${err instanceof Error ? err.message : String(err)}`);
+  process.exit(1);
+});

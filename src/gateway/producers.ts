@@ -1,0 +1,261 @@
+import { randomUUID } from 'node:crypto';
+import type { Producer } from '../brokers/broker.js';
+import { MqError, NotFoundError, ResourceExhaustedError } from '../core/errors.js';
+import { closeAll } from '../core/lifecycle.js';
+import type { Caller } from './callers.js';
+import type { Logger } from './log.js';
+import type { GatewayMetrics } from './metrics.js';
+import type { BrokerRef } from './routing.js';
+
+/**
+ * Producer handles and the broker producers they share.
+ *
+ * A handle is what CreateProducer returns. Handles with the same (endpoint, caller, instance,
+ * topic) share one broker producer, counted by the set of live handles (not by copies of a
+ * struct, the seed's bug). The broker producer closes when its last handle goes, or after
+ * PRODUCER_CLEANUP_TIMEOUT without sends, and reopens on the next send: a live handle never sees
+ * NOT_FOUND. Only a handle unused for PRODUCER_HANDLE_TTL is dropped, as a leak detection.
+ */
+
+interface Shared {
+  readonly key: string;
+  readonly ref: BrokerRef;
+  readonly topic: string;
+  readonly caller: Caller;
+  readonly credentials: { accessKeyId: string; accessKeySecret: string } | undefined;
+  readonly handles: Set<string>;
+  producer: Promise<Producer> | undefined;
+  opened: boolean;
+  lastSend: number;
+  sending: number;
+  creating: number;
+}
+
+export interface ProducerHandle {
+  readonly id: string;
+  readonly caller: Caller;
+  readonly endpoint: string;
+  readonly topic: string;
+  readonly shared: Shared;
+  lastUsed: number;
+}
+
+export interface ProducerRegistryOptions {
+  cleanupTimeoutMs: number;
+  handleTtlMs: number;
+  maxPerCaller: number;
+  metrics: GatewayMetrics;
+  log: Logger;
+}
+
+export class ProducerRegistry {
+  readonly #handles = new Map<string, ProducerHandle>();
+  readonly #shared = new Map<string, Shared>();
+  readonly #perCaller = new Map<string, number>();
+  readonly #opts: ProducerRegistryOptions;
+  #closed = false;
+
+  constructor(options: ProducerRegistryOptions) {
+    this.#opts = options;
+  }
+
+  get handleCount(): number {
+    return this.#handles.size;
+  }
+
+  get brokerProducerCount(): number {
+    let n = 0;
+    for (const s of this.#shared.values()) if (s.producer) n++;
+    return n;
+  }
+
+  async create(input: {
+    ref: BrokerRef;
+    endpoint: string;
+    caller: Caller;
+    instanceId: string;
+    topic: string;
+    accessKeySecret: string;
+  }): Promise<ProducerHandle> {
+    this.#assertOpen();
+    const { caller } = input;
+    const owned = this.#perCaller.get(caller.owner) ?? 0;
+    if (owned >= this.#opts.maxPerCaller) {
+      throw new ResourceExhaustedError(
+        `caller "${caller.accessKeyId || '(no key)'}" already holds ${owned} producer handles, the limit ` +
+          `(MAX_PRODUCERS_PER_CALLER=${this.#opts.maxPerCaller}); release some with CleanupProducer`,
+        { retryable: false },
+      );
+    }
+    const key = [input.ref.index, input.endpoint, caller.owner, input.instanceId, input.topic].join('\u0000');
+    let shared = this.#shared.get(key);
+    if (!shared) {
+      shared = {
+        key,
+        ref: input.ref,
+        topic: input.topic,
+        caller,
+        credentials: caller.accessKeyId
+          ? { accessKeyId: caller.accessKeyId, accessKeySecret: input.accessKeySecret }
+          : undefined,
+        handles: new Set(),
+        producer: undefined,
+        opened: false,
+        lastSend: Date.now(),
+        sending: 0,
+        creating: 0,
+      };
+      this.#shared.set(key, shared);
+    }
+    // Count the caller before awaiting so concurrent creates cannot overshoot the limit.
+    this.#perCaller.set(caller.owner, owned + 1);
+    shared.creating++;
+    try {
+      // Opening eagerly surfaces a missing topic or a refused credential at CreateProducer.
+      await (shared.producer ?? this.#open(shared));
+    } catch (err) {
+      shared.creating--;
+      this.#uncount(caller.owner);
+      if (shared.handles.size === 0 && shared.creating === 0) this.#shared.delete(key);
+      throw err;
+    }
+    shared.creating--;
+    const handle: ProducerHandle = {
+      id: randomUUID(),
+      caller,
+      endpoint: input.endpoint,
+      topic: input.topic,
+      shared,
+      lastUsed: Date.now(),
+    };
+    shared.handles.add(handle.id);
+    this.#handles.set(handle.id, handle);
+    return handle;
+  }
+
+  get(id: string): ProducerHandle {
+    const h = this.#handles.get(id);
+    if (!h) {
+      throw new NotFoundError(
+        `producer "${id}" not found: it was released or expired after PRODUCER_HANDLE_TTL without use; call CreateProducer again`,
+      );
+    }
+    return h;
+  }
+
+  /** Runs `fn` with the handle's broker producer, reopening it if it was closed while idle. */
+  async use<T>(handle: ProducerHandle, fn: (p: Producer) => Promise<T>): Promise<T> {
+    const s = handle.shared;
+    const now = Date.now();
+    handle.lastUsed = now;
+    s.lastSend = now;
+    s.sending++;
+    try {
+      if (!s.producer) this.#opts.metrics.counts.producersReopened++;
+      const producer = await (s.producer ?? this.#open(s));
+      return await fn(producer);
+    } finally {
+      s.sending--;
+    }
+  }
+
+  async release(id: string): Promise<boolean> {
+    const h = this.#handles.get(id);
+    if (!h) return false;
+    await this.#drop(h);
+    return true;
+  }
+
+  /** Releases the caller's own handles for a topic (and endpoint when given); never another caller's. */
+  async releaseByTopic(caller: Caller, topic: string, endpoint: string): Promise<number> {
+    const mine = [...this.#handles.values()].filter(
+      (h) =>
+        h.caller.owner === caller.owner && h.topic === topic && (endpoint === '' || h.endpoint === endpoint),
+    );
+    await closeAll(mine.map((h) => () => this.#drop(h)));
+    return mine.length;
+  }
+
+  /** Periodic reaping: idle broker producers close, abandoned handles are dropped and counted. */
+  async sweep(now = Date.now()): Promise<void> {
+    const steps: Array<() => Promise<void>> = [];
+    for (const h of this.#handles.values()) {
+      if (now - h.lastUsed > this.#opts.handleTtlMs) {
+        this.#opts.metrics.counts.producerLeakDetections++;
+        this.#opts.log.warn(
+          { producerId: h.id, topic: h.topic, accessKeyId: h.caller.accessKeyId },
+          'producer handle unused for PRODUCER_HANDLE_TTL: dropped (leak detection)',
+        );
+        steps.push(() => this.#drop(h));
+      }
+    }
+    for (const s of this.#shared.values()) {
+      if (
+        s.producer &&
+        s.sending === 0 &&
+        s.creating === 0 &&
+        now - s.lastSend > this.#opts.cleanupTimeoutMs
+      ) {
+        const p = s.producer;
+        s.producer = undefined;
+        steps.push(async () => (await p).close());
+      }
+    }
+    await closeAll(steps);
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    const all = [...this.#shared.values()];
+    this.#handles.clear();
+    this.#shared.clear();
+    this.#perCaller.clear();
+    await closeAll(
+      all.map((s) => async () => {
+        const p = s.producer;
+        s.producer = undefined;
+        if (p) await (await p.catch(() => undefined))?.close();
+      }),
+    );
+  }
+
+  #open(s: Shared): Promise<Producer> {
+    const p = s.ref.broker.producer(s.topic, { credentials: s.credentials });
+    s.producer = p;
+    p.then(
+      () => {
+        s.opened = true;
+      },
+      () => {
+        // A failed open must not poison later sends: the next use tries again.
+        if (s.producer === p) s.producer = undefined;
+      },
+    );
+    return p;
+  }
+
+  async #drop(h: ProducerHandle): Promise<void> {
+    if (this.#handles.get(h.id) !== h) return;
+    this.#handles.delete(h.id);
+    this.#uncount(h.caller.owner);
+    const s = h.shared;
+    s.handles.delete(h.id);
+    if (s.handles.size === 0 && s.creating === 0 && this.#shared.get(s.key) === s) {
+      this.#shared.delete(s.key);
+      const p = s.producer;
+      s.producer = undefined;
+      if (p) await (await p.catch(() => undefined))?.close();
+    }
+  }
+
+  #uncount(owner: string): void {
+    const n = (this.#perCaller.get(owner) ?? 1) - 1;
+    if (n <= 0) this.#perCaller.delete(owner);
+    else this.#perCaller.set(owner, n);
+  }
+
+  #assertOpen(): void {
+    if (this.#closed)
+      throw new MqError('UNAVAILABLE', 'the gateway is shutting down; retry against another instance');
+  }
+}

@@ -1,0 +1,65 @@
+/** The wire messages as @grpc/proto-loader hands them over (keepCase, longs as strings). */
+
+export interface WireProperties {
+  properties?: Record<string, string>;
+  message_key?: string;
+  sharding_key?: string;
+  start_deliver_time?: string;
+  trans_check_immunity_time?: number;
+}
+
+export interface WireSendRequest {
+  producer_id?: string;
+  message_body?: string;
+  message_body_bytes?: Buffer;
+  tag?: string;
+  properties?: WireProperties | null;
+  sharding_key?: string;
+  delay_time_level?: string;
+  start_deliver_time?: string;
+  trans_check_immunity_time?: number;
+}
+
+export interface WireCreateRequest {
+  endpoint?: string;
+  access_key_id?: string;
+  access_key_secret?: string;
+  instance_id?: string;
+  topic?: string;
+  group_id?: string;
+  tag_expression?: string;
+}
+
+export interface WireCleanupRequest {
+  producer_id?: string;
+  consumer_id?: string;
+  group_id?: string;
+  topic?: string;
+  endpoint?: string;
+  access_key_id?: string;
+  access_key_secret?: string;
+}
+
+export interface WireAckRequest {
+  consumer_id?: string;
+  receipt_handle?: string;
+  delay_ms?: string;
+}
+
+export interface WireEndTransactionRequest {
+  producer_id?: string;
+  transaction_id?: string;
+  commit?: boolean;
+}
+
+export interface WireMessage {
+  message_id: string;
+  receipt_handle: string;
+  message_body: string;
+  tag: string;
+  properties: Record<string, string>;
+  born_timestamp: string;
+  reconsume_times: number;
+  topic: string;
+  message_body_bytes: Buffer;
+}

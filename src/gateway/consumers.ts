@@ -127,7 +127,10 @@ export class ConsumerRegistry {
         group: input.group,
         filter: input.tagExpression,
         maxInFlight: this.#opts.bufferSize,
-        ackTimeoutMs: this.#opts.ackTimeoutMs,
+        // The gateway releases unacked deliveries itself at ACK_TIMEOUT (sweep); the broker's own
+        // timeout is a safety net for a gateway that dies, so it must fire later or the two race
+        // and the gateway holds a stale delivery that the broker already handed out again.
+        ackTimeoutMs: this.#opts.ackTimeoutMs + Math.max(1000, this.#opts.ackTimeoutMs / 10),
         // Keyed (sharding-key) messages keep their order across the group's sessions.
         ordered: true,
         credentials: caller.accessKeyId

@@ -12,7 +12,10 @@ test('handles with the same key share one broker producer, counted by live handl
     try {
       const topic = `t-${randomUUID()}`;
       const ids: string[] = [];
-      for (let i = 0; i < 3; i++) ids.push((await call<{ producer_id: string }>(gw.client, 'CreateProducer', { ...keys, topic })).producer_id);
+      for (let i = 0; i < 3; i++)
+        ids.push(
+          (await call<{ producer_id: string }>(gw.client, 'CreateProducer', { ...keys, topic })).producer_id,
+        );
       // A different secret is a different caller: never shares the producer.
       await call(gw.client, 'CreateProducer', { ...keys, access_key_secret: 'other', topic });
       let m = await metricsJson(gw.metricsUrl);
@@ -36,11 +39,20 @@ test('an idle broker producer is closed and reopened transparently; the handle n
   const gw = await startTestGateway({ producerCleanupTimeoutMs: 200, producerHandleTtlMs: 60_000 });
   try {
     const topic = `t-${randomUUID()}`;
-    const { producer_id } = await call<{ producer_id: string }>(gw.client, 'CreateProducer', { ...keys, topic });
-    await eventually(async () => (await metricsJson(gw.metricsUrl)).active_producers === 0, 'the idle producer to close');
+    const { producer_id } = await call<{ producer_id: string }>(gw.client, 'CreateProducer', {
+      ...keys,
+      topic,
+    });
+    await eventually(
+      async () => (await metricsJson(gw.metricsUrl)).active_producers === 0,
+      'the idle producer to close',
+    );
     const m0 = await metricsJson(gw.metricsUrl);
     assert.equal(m0.producer_handles, 1, 'the handle lives on');
-    const res = await call<{ success: boolean }>(gw.client, 'SendMessage', { producer_id, message_body: 'after idle' });
+    const res = await call<{ success: boolean }>(gw.client, 'SendMessage', {
+      producer_id,
+      message_body: 'after idle',
+    });
     assert.equal(res.success, true);
     const m1 = await metricsJson(gw.metricsUrl);
     assert.equal(m1.active_producers, 1);
@@ -54,16 +66,25 @@ test('an idle broker producer is closed and reopened transparently; the handle n
 test('a handle unused past its TTL is dropped, counted as a leak, and answers NOT_FOUND naming CreateProducer', async () => {
   const gw = await startTestGateway({ producerCleanupTimeoutMs: 100, producerHandleTtlMs: 300 });
   try {
-    const { producer_id } = await call<{ producer_id: string }>(gw.client, 'CreateProducer', { ...keys, topic: `t-${randomUUID()}` });
-    await eventually(async () => (await metricsJson(gw.metricsUrl)).producer_leak_detections === 1, 'the leak detection');
+    const { producer_id } = await call<{ producer_id: string }>(gw.client, 'CreateProducer', {
+      ...keys,
+      topic: `t-${randomUUID()}`,
+    });
+    await eventually(
+      async () => (await metricsJson(gw.metricsUrl)).producer_leak_detections === 1,
+      'the leak detection',
+    );
     const m = await metricsJson(gw.metricsUrl);
     assert.equal(m.producer_handles, 0);
     assert.equal(m.active_producers, 0);
-    await assert.rejects(call(gw.client, 'SendMessage', { producer_id, message_body: 'x' }), (err: { code: number; details: string }) => {
-      assert.equal(err.code, 5);
-      assert.match(err.details, /CreateProducer/);
-      return true;
-    });
+    await assert.rejects(
+      call(gw.client, 'SendMessage', { producer_id, message_body: 'x' }),
+      (err: { code: number; details: string }) => {
+        assert.equal(err.code, 5);
+        assert.match(err.details, /CreateProducer/);
+        return true;
+      },
+    );
   } finally {
     await gw.close();
   }
@@ -74,9 +95,16 @@ test('unacked deliveries are redelivered at once when the stream ends, and after
   try {
     const topic = `t-${randomUUID()}`;
     const group = `g-${randomUUID()}`;
-    const { consumer_id } = await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', { ...keys, topic, group_id: group });
+    const { consumer_id } = await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', {
+      ...keys,
+      topic,
+      group_id: group,
+    });
     const first = receive(gw.client, consumer_id);
-    const { producer_id } = await call<{ producer_id: string }>(gw.client, 'CreateProducer', { ...keys, topic });
+    const { producer_id } = await call<{ producer_id: string }>(gw.client, 'CreateProducer', {
+      ...keys,
+      topic,
+    });
     await call(gw.client, 'SendMessage', { producer_id, message_body: 'one' });
     await eventually(() => first.messages.length === 1, 'first delivery');
     // Stream ends without an ack: the same consumer id reattaches and gets it again at once.
@@ -87,7 +115,10 @@ test('unacked deliveries are redelivered at once when the stream ends, and after
     assert.equal(second.messages[0]!.message_body, 'one');
     assert.equal(second.messages[0]!.reconsume_times, 1);
     // Old receipt handles are void: acking one is NOT_FOUND (the message was released).
-    await assert.rejects(call(gw.client, 'AckMessage', { consumer_id, receipt_handle: first.messages[0]!.receipt_handle }), { code: 5 });
+    await assert.rejects(
+      call(gw.client, 'AckMessage', { consumer_id, receipt_handle: first.messages[0]!.receipt_handle }),
+      { code: 5 },
+    );
     // Not acked again: after the ack timeout it comes back on the same stream.
     await eventually(() => second.messages.length === 2, 'redelivery after ack timeout', 10_000);
     assert.equal(second.messages[1]!.reconsume_times, 2);
@@ -104,9 +135,16 @@ test('unacked deliveries are redelivered at once when the stream ends, and after
 test('a second concurrent stream on one consumer id is refused with FAILED_PRECONDITION', async () => {
   const gw = await startTestGateway();
   try {
-    const { consumer_id } = await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', { ...keys, topic: `t-${randomUUID()}`, group_id: 'g' });
+    const { consumer_id } = await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', {
+      ...keys,
+      topic: `t-${randomUUID()}`,
+      group_id: 'g',
+    });
     const a = receive(gw.client, consumer_id);
-    await eventually(async () => (await metricsJson(gw.metricsUrl)).active_streams === 1, 'first stream attached');
+    await eventually(
+      async () => (await metricsJson(gw.metricsUrl)).active_streams === 1,
+      'first stream attached',
+    );
     const b = receive(gw.client, consumer_id);
     await eventually(() => b.ended, 'second stream refused');
     assert.equal(b.error?.code, 9);
@@ -122,10 +160,18 @@ test('backpressure: at MESSAGE_BUFFER_SIZE unacked the session stops pulling, co
   const gw = await startTestGateway({ messageBufferSize: 5, ackTimeoutMs: 60_000 });
   try {
     const topic = `t-${randomUUID()}`;
-    const { consumer_id } = await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', { ...keys, topic, group_id: 'g' });
+    const { consumer_id } = await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', {
+      ...keys,
+      topic,
+      group_id: 'g',
+    });
     const s = receive(gw.client, consumer_id);
-    const { producer_id } = await call<{ producer_id: string }>(gw.client, 'CreateProducer', { ...keys, topic });
-    for (let i = 0; i < 20; i++) await call(gw.client, 'SendMessage', { producer_id, message_body: String(i) });
+    const { producer_id } = await call<{ producer_id: string }>(gw.client, 'CreateProducer', {
+      ...keys,
+      topic,
+    });
+    for (let i = 0; i < 20; i++)
+      await call(gw.client, 'SendMessage', { producer_id, message_body: String(i) });
     await eventually(() => s.messages.length === 5, 'the first five');
     const m = await metricsJson(gw.metricsUrl);
     assert.ok(m.channel_full_events >= 1);
@@ -149,12 +195,21 @@ test('a session left without a stream is closed after CONSUMER_CLEANUP_TIMEOUT a
   const gw = await startTestGateway({ consumerCleanupTimeoutMs: 600 });
   try {
     const topic = `t-${randomUUID()}`;
-    const kept = (await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', { ...keys, topic, group_id: 'g1' })).consumer_id;
-    const abandoned = (await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', { ...keys, topic, group_id: 'g2' })).consumer_id;
-    const cleaned = (await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', { ...keys, topic, group_id: 'g3' })).consumer_id;
+    const kept = (
+      await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', { ...keys, topic, group_id: 'g1' })
+    ).consumer_id;
+    const abandoned = (
+      await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', { ...keys, topic, group_id: 'g2' })
+    ).consumer_id;
+    const cleaned = (
+      await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', { ...keys, topic, group_id: 'g3' })
+    ).consumer_id;
     await call(gw.client, 'CleanupConsumer', { consumer_id: cleaned });
     const s = receive(gw.client, kept);
-    await eventually(async () => (await metricsJson(gw.metricsUrl)).consumer_leak_detections === 1, 'the abandoned session to be reaped');
+    await eventually(
+      async () => (await metricsJson(gw.metricsUrl)).consumer_leak_detections === 1,
+      'the abandoned session to be reaped',
+    );
     const m = await metricsJson(gw.metricsUrl);
     assert.equal(m.active_consumers, 1, 'the attached session lives');
     s.end();
@@ -163,11 +218,14 @@ test('a session left without a stream is closed after CONSUMER_CLEANUP_TIMEOUT a
     const again = receive(gw.client, kept);
     await eventually(async () => (await metricsJson(gw.metricsUrl)).active_streams === 1, 'reattach');
     again.end();
-    await assert.rejects(call(gw.client, 'AckMessage', { consumer_id: abandoned, receipt_handle: 'x' }), (err: { code: number; details: string }) => {
-      assert.equal(err.code, 5);
-      assert.match(err.details, /CreateConsumer again/);
-      return true;
-    });
+    await assert.rejects(
+      call(gw.client, 'AckMessage', { consumer_id: abandoned, receipt_handle: 'x' }),
+      (err: { code: number; details: string }) => {
+        assert.equal(err.code, 5);
+        assert.match(err.details, /CreateConsumer again/);
+        return true;
+      },
+    );
   } finally {
     await gw.close();
   }
@@ -179,9 +237,16 @@ test('1,000 create/cleanup cycles of each kind leave metrics at zero and no leak
     try {
       const topic = `t-${randomUUID()}`;
       for (let i = 0; i < 1000; i++) {
-        const { producer_id } = await call<{ producer_id: string }>(gw.client, 'CreateProducer', { ...keys, topic });
+        const { producer_id } = await call<{ producer_id: string }>(gw.client, 'CreateProducer', {
+          ...keys,
+          topic,
+        });
         await call(gw.client, 'CleanupProducer', { producer_id });
-        const { consumer_id } = await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', { ...keys, topic, group_id: `g${i % 7}` });
+        const { consumer_id } = await call<{ consumer_id: string }>(gw.client, 'CreateConsumer', {
+          ...keys,
+          topic,
+          group_id: `g${i % 7}`,
+        });
         await call(gw.client, 'CleanupConsumer', { consumer_id });
       }
       const m = await metricsJson(gw.metricsUrl);

@@ -249,7 +249,16 @@ export class Gateway {
           })),
       () => this.metrics.stop(),
     ]);
-    this.log.info('mqgate gateway stopped');
+    const m = this.metrics.json();
+    this.log.info(
+      {
+        messages_sent: m.messages_sent,
+        messages_delivered: m.messages_delivered,
+        messages_acked: m.messages_acked,
+        messages_redelivered: m.messages_redelivered,
+      },
+      'mqgate gateway stopped',
+    );
   }
 
   async #serveHttp(req: IncomingMessage, res: ServerResponse): Promise<void> {

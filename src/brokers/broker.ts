@@ -69,6 +69,8 @@ export interface SubscribeOptions {
 export interface NackOptions {
   /** Redeliver no sooner than this; 0 (default) means as soon as possible. */
   delayMs?: number | undefined;
+  /** Why processing failed; kept on the message if it ends up in a dead-letter topic. */
+  reason?: string | undefined;
 }
 
 export interface Delivery {

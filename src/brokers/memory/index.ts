@@ -1,0 +1,31 @@
+import type { Broker, BrokerOpenOptions } from '../broker.js';
+import { MemoryBroker } from './broker.js';
+import { parseMemoryUrl } from './options.js';
+
+export type { MemoryBrokerOptions, MemoryGroupStats, MemoryTopicStats } from './broker.js';
+export { createMemoryBroker, DLQ_PROPERTIES, deadLetterTopic, MemoryBroker } from './broker.js';
+export type { MemoryBrokerSettings } from './options.js';
+export { parseMemoryUrl } from './options.js';
+
+/**
+ * Opens the embedded broker: `memory://?maxTopicBytes=64MiB&maxAttempts=16&ackTimeout=30s`.
+ * Every call makes an independent broker, even with the same URL.
+ */
+export async function openMemoryBroker(url: URL, options: BrokerOpenOptions = {}): Promise<Broker> {
+  const settings = parseMemoryUrl(url);
+  return new MemoryBroker({
+    ...options,
+    maxTopicBytes: settings.maxTopicBytes,
+    maxMessageBytes: settings.maxMessageBytes,
+    maxAttempts: settings.maxAttempts,
+    // The URL's ackTimeout is specific to this broker, so it wins over the generic open option.
+    ackTimeoutMs: settings.ackTimeoutMs ?? options.ackTimeoutMs,
+    url: redact(url),
+  });
+}
+
+function redact(url: URL): string {
+  const copy = new URL(url.href);
+  if (copy.password) copy.password = '***';
+  return copy.href;
+}

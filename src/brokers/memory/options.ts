@@ -1,0 +1,97 @@
+import { parseDuration } from '../../core/duration.js';
+import { InvalidArgumentError } from '../../core/errors.js';
+
+/** Settings of one embedded broker; every field has a default a user can run with. */
+export interface MemoryBrokerSettings {
+  /** Bytes of message bodies and metadata one topic may retain before sends fail. */
+  maxTopicBytes: number;
+  /** Largest single message (body plus metadata) accepted. */
+  maxMessageBytes: number;
+  /** Deliveries without an ack before a message moves to the group's dead-letter topic. */
+  maxAttempts: number;
+  /** Default visibility timeout when neither the subscription nor the open options set one. */
+  ackTimeoutMs: number | undefined;
+}
+
+export const DEFAULT_MAX_TOPIC_BYTES = 64 * 1024 * 1024;
+export const DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+export const DEFAULT_MAX_ATTEMPTS = 16;
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  kb: 1000,
+  kib: 1024,
+  mb: 1000 ** 2,
+  mib: 1024 ** 2,
+  gb: 1000 ** 3,
+  gib: 1024 ** 3,
+};
+
+/** `64MiB`, `512KiB`, `1GB`, or a plain number of bytes. */
+export function parseSize(text: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
+  const unit = m ? SIZE_UNITS[(m[2] ?? '').toLowerCase()] : undefined;
+  if (!m || unit === undefined) {
+    throw new InvalidArgumentError(
+      `${what}: "${text}" is not a size; write bytes or a number with a unit (B, KiB, MiB, GiB, KB, MB, GB), e.g. 64MiB`,
+    );
+  }
+  return Math.floor(Number(m[1]) * unit);
+}
+
+function parseInteger(text: string, what: string, min: number, max: number): number {
+  const n = /^\d+$/.test(text.trim()) ? Number(text.trim()) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    throw new InvalidArgumentError(
+      `${what}: "${text}" is not valid; use a whole number from ${min} to ${max}`,
+    );
+  }
+  return n;
+}
+
+const PARAMS = ['maxTopicBytes', 'maxMessageBytes', 'maxAttempts', 'ackTimeout'] as const;
+
+/**
+ * Reads `memory://?maxTopicBytes=64MiB&maxAttempts=16&ackTimeout=30s`. Unknown parameters are
+ * rejected: a misspelt limit that silently falls back to the default is worse than no start.
+ */
+export function parseMemoryUrl(url: URL): MemoryBrokerSettings {
+  const settings: MemoryBrokerSettings = {
+    maxTopicBytes: DEFAULT_MAX_TOPIC_BYTES,
+    maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
+    maxAttempts: DEFAULT_MAX_ATTEMPTS,
+    ackTimeoutMs: undefined,
+  };
+  for (const [name, value] of url.searchParams) {
+    const what = `memory broker URL parameter ${name}`;
+    switch (name) {
+      case 'maxTopicBytes':
+        settings.maxTopicBytes = parseSize(value, what);
+        if (settings.maxTopicBytes < 1024) {
+          throw new InvalidArgumentError(`${what}: "${value}" is too small; use at least 1KiB, e.g. 64MiB`);
+        }
+        break;
+      case 'maxMessageBytes':
+        settings.maxMessageBytes = parseSize(value, what);
+        if (settings.maxMessageBytes < 1) {
+          throw new InvalidArgumentError(`${what}: "${value}" must be at least 1 byte, e.g. 4MiB`);
+        }
+        break;
+      case 'maxAttempts':
+        settings.maxAttempts = parseInteger(value, what, 1, 1000);
+        break;
+      case 'ackTimeout':
+        settings.ackTimeoutMs = parseDuration(value, what);
+        if (settings.ackTimeoutMs < 1) {
+          throw new InvalidArgumentError(`${what}: "${value}" must be longer than 0, e.g. 30s`);
+        }
+        break;
+      default:
+        throw new InvalidArgumentError(
+          `memory broker URL has unknown parameter "${name}"; supported: ${PARAMS.join(', ')}`,
+        );
+    }
+  }
+  return settings;
+}

@@ -1,0 +1,65 @@
+/**
+ * Runs the behaviour suite on a broker that lacks every optional capability (the embedded broker
+ * behind a wrapper that refuses them), so the suite's UNSUPPORTED branches are exercised too.
+ */
+import type {
+  Broker,
+  BrokerCapabilities,
+  Producer,
+  SubscribeOptions,
+  Subscription,
+} from '../../../src/brokers/broker.js';
+import { MemoryBroker } from '../../../src/brokers/memory/index.js';
+import { UnsupportedError } from '../../../src/core/errors.js';
+import type { OutgoingMessage } from '../../../src/core/message.js';
+import { runBrokerBehaviourSuite } from '../../support/behaviour.js';
+
+class LimitedBroker implements Broker {
+  readonly kind = 'limited';
+  readonly url = 'limited://';
+  readonly capabilities: BrokerCapabilities = {
+    ordered: false,
+    delay: false,
+    transactions: false,
+    tagFilter: false,
+    durable: false,
+  };
+  readonly #inner = new MemoryBroker();
+
+  async producer(topic: string): Promise<Producer> {
+    const inner = await this.#inner.producer(topic);
+    return {
+      topic,
+      send: async (message: OutgoingMessage) => {
+        if (message.deliverAt !== undefined) {
+          throw new UnsupportedError('the limited broker cannot delay messages (deliverAt)');
+        }
+        return inner.send(message);
+      },
+      prepare: async () => {
+        throw new UnsupportedError('the limited broker has no transactions');
+      },
+      close: () => inner.close(),
+    };
+  }
+
+  async subscribe(options: SubscribeOptions): Promise<Subscription> {
+    if (options.ordered) throw new UnsupportedError('the limited broker cannot hold keys (ordered)');
+    if (options.filter !== undefined && options.filter !== '*') {
+      throw new UnsupportedError('the limited broker cannot filter by tag');
+    }
+    return this.#inner.subscribe(options);
+  }
+
+  health() {
+    return this.#inner.health();
+  }
+
+  close() {
+    return this.#inner.close();
+  }
+}
+
+runBrokerBehaviourSuite('memory without optional capabilities', async () => new LimitedBroker(), {
+  ackTimeoutMs: 300,
+});

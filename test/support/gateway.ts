@@ -75,35 +75,35 @@ export async function startTestGateway(config: Partial<GatewayConfig> = {}): Pro
   };
 }
 
-/** The gateway's /metrics JSON; a missing field fails the test rather than reading as undefined. */
-type MetricField =
-  | 'active_producers'
-  | 'producer_handles'
-  | 'active_consumers'
-  | 'active_streams'
-  | 'inflight_deliveries'
-  | 'pending_transactions'
-  | 'messages_sent'
-  | 'messages_delivered'
-  | 'messages_acked'
-  | 'messages_nacked'
-  | 'messages_redelivered'
-  | 'channel_full_events'
-  | 'producer_leak_detections'
-  | 'consumer_leak_detections'
-  | 'producers_reopened'
-  | 'total_requests'
-  | 'failed_requests';
+const METRIC_FIELDS = [
+  'active_producers',
+  'producer_handles',
+  'active_consumers',
+  'active_streams',
+  'inflight_deliveries',
+  'pending_transactions',
+  'messages_sent',
+  'messages_delivered',
+  'messages_acked',
+  'messages_nacked',
+  'messages_redelivered',
+  'channel_full_events',
+  'producer_leak_detections',
+  'consumer_leak_detections',
+  'producers_reopened',
+  'total_requests',
+  'failed_requests',
+] as const;
+type MetricField = (typeof METRIC_FIELDS)[number];
 
+/** The gateway's /metrics JSON; a missing field fails the test rather than reading as undefined. */
 export async function metricsJson(url: string): Promise<Record<MetricField, number>> {
   const res = await fetch(url, { headers: { connection: 'close' } });
   const json = (await res.json()) as Record<string, unknown>;
-  return new Proxy(json, {
-    get(target, field: string) {
-      if (!(field in target)) throw new Error(`/metrics has no field "${field}"`);
-      return target[field];
-    },
-  }) as Record<MetricField, number>;
+  for (const f of METRIC_FIELDS) {
+    if (typeof json[f] !== 'number') throw new Error(`/metrics field "${f}" is missing or not a number`);
+  }
+  return json as Record<MetricField, number>;
 }
 
 export interface Received {

@@ -1,0 +1,753 @@
+import { Base, Consumer, type ConsumerGroupJoinPayload, IS_CONTROL } from '@platformatic/kafka';
+import { InvalidArgumentError, NotFoundError, toMqError } from '../../core/errors.js';
+import { closeAll, closeOnce, delay, Notifier } from '../../core/lifecycle.js';
+import type { Message } from '../../core/message.js';
+import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
+import { parseTagExpression, type TagFilter } from '../../core/tags.js';
+import {
+  type BrokerLog,
+  DEFAULT_ACK_TIMEOUT_MS,
+  DEFAULT_MAX_IN_FLIGHT,
+  type Delivery,
+  type NackOptions,
+  type SubscribeOptions,
+  type Subscription,
+} from '../broker.js';
+import { decodeRecord, type RawRecord, recordTag } from './codec.js';
+import type { KafkaConfig } from './config.js';
+import { kafkaErrorHas, toKafkaMqError } from './errors.js';
+
+type RawConsumer = Consumer<Buffer, Buffer, Buffer, Buffer>;
+type FetchResponse = Awaited<ReturnType<RawConsumer['fetch']>>;
+
+/** Long-poll of one fetch; also how long close() may wait for a fetch on the wire. */
+const FETCH_MAX_WAIT_MS = 500;
+/** Per-partition bytes of one fetch: the bound of what a subscription buffers per partition. */
+const PARTITION_MAX_BYTES = 1024 * 1024;
+const FETCH_MAX_BYTES = 4 * 1024 * 1024;
+/** Acked offsets are committed in one request at most this long after the ack. */
+const COMMIT_DELAY_MS = 100;
+const RETRY_BACKOFF_MS = 500;
+
+interface BufferedRecord {
+  offset: bigint;
+  record: RawRecord;
+}
+
+/**
+ * What the subscription knows about one assigned partition.
+ *
+ * Positions: `fetchPos` is the next offset to fetch; `handedPos` the offset after the last
+ * record handed out or filtered (or after a fetch's control markers). The commit point is the
+ * oldest unacked delivery's offset, or `handedPos` when none is in flight: always a contiguous
+ * prefix of settled records.
+ */
+class PartitionState {
+  /** Bumped on every rewind: a fetch started under an older epoch is discarded. */
+  epoch = 0;
+  buffer: BufferedRecord[] = [];
+  head = 0;
+  fetching = false;
+  /** Epoch ms before which nothing of this partition is handed out (nack delay). */
+  notBefore = 0;
+  bufferEnd: bigint;
+  handedPos: bigint;
+  committed: bigint;
+  /** Unsettled deliveries by offset; insertion order is offset order. */
+  readonly inflight = new Map<bigint, KafkaDelivery>();
+  /** In ordered mode: keys (latin1 of the key bytes) with a delivery in flight. */
+  readonly inflightKeys = new Map<string, number>();
+  /**
+   * How often each offset past the commit point was handed out, for reconsumeCount. In memory
+   * and per subscription: a redelivery to another group member (after a rebalance) starts at 0.
+   */
+  readonly deliveredCount = new Map<bigint, number>();
+
+  constructor(
+    readonly partition: number,
+    public fetchPos: bigint,
+  ) {
+    this.bufferEnd = fetchPos;
+    this.handedPos = fetchPos;
+    this.committed = fetchPos;
+  }
+
+  get buffered(): number {
+    return this.buffer.length - this.head;
+  }
+
+  clearBuffer(): void {
+    this.buffer = [];
+    this.head = 0;
+  }
+
+  commitPoint(): bigint {
+    for (const offset of this.inflight.keys()) return offset;
+    return this.handedPos;
+  }
+
+  pruneCounts(below: bigint): void {
+    for (const offset of this.deliveredCount.keys()) {
+      if (offset >= below) break;
+      this.deliveredCount.delete(offset);
+    }
+  }
+}
+
+class KafkaDelivery implements Delivery {
+  live = true;
+  acked = false;
+  timer: ScheduledTask | undefined;
+
+  constructor(
+    readonly message: Message,
+    readonly sub: KafkaSubscription,
+    readonly state: PartitionState,
+    readonly offset: bigint,
+    readonly keyId: string | undefined,
+  ) {}
+
+  ack(): Promise<void> {
+    return this.sub.settle(this, 'ack');
+  }
+
+  nack(options?: NackOptions): Promise<void> {
+    return this.sub.settle(this, 'nack', options?.delayMs ?? 0);
+  }
+}
+
+export interface KafkaSubscriptionDeps {
+  config: KafkaConfig;
+  log: BrokerLog | undefined;
+  defaultAckTimeoutMs: number | undefined;
+  onClosed: (sub: KafkaSubscription) => void;
+}
+
+/**
+ * One consumer-group member per subscription, with our own fetch loop on the client's
+ * primitives (joinGroup / fetch / commit) instead of the library's MessagesStream: the stream
+ * has no seek, buffers up to `highWaterMark` records, and an in-flight fetch overwrites its
+ * fetch position, which makes a rewind racy. Here a partition is fetched only when its buffer
+ * is empty and the subscription is below its in-flight cap, so at most one fetch response
+ * (PARTITION_MAX_BYTES) per partition is ever held.
+ *
+ * Delivery semantics (at-least-once):
+ * - Records of a partition are handed out in offset order.
+ * - ack() settles; the contiguous settled prefix is committed (commit = oldest unacked offset,
+ *   i.e. highest contiguous acked offset + 1). Records the tag filter rejects count as settled.
+ * - nack() or an ack timeout rewinds the partition to its oldest unacked offset: every
+ *   unsettled delivery of that partition is dropped (its ack/nack then rejects NOT_FOUND) and
+ *   every record from that offset on is delivered again, acked ones included.
+ * - ordered: a record is held back while an earlier record with the same key is unsettled; as
+ *   a partition is handed out in order, that blocks the partition behind it (head of line).
+ * - Rebalance (eager, classic protocol): when the heartbeat reports a rebalance, before the
+ *   client sends JoinGroup, the settled prefix is committed and every unsettled delivery is
+ *   dropped, so the next owner redelivers them; positions are re-read from committed offsets
+ *   after the join.
+ */
+export class KafkaSubscription implements Subscription {
+  readonly topic: string;
+  readonly group: string;
+  readonly #consumer: RawConsumer;
+  readonly #filter: TagFilter;
+  readonly #maxInFlight: number;
+  readonly #ackTimeoutMs: number;
+  readonly #ordered: boolean;
+  readonly #start: 'latest' | 'earliest';
+  readonly #deps: KafkaSubscriptionDeps;
+  readonly #notifier = new Notifier();
+  readonly #scheduler = new Scheduler({ onError: (err) => this.#warn('scheduled task failed', err) });
+  readonly #abort = new AbortController();
+  #partitions = new Map<number, PartitionState>();
+  #order: PartitionState[] = [];
+  #rr = 0;
+  /** Bumped on every revoke; stale assignment work compares against it. */
+  #generation = 0;
+  #inFlight = 0;
+  #closed = false;
+  #fetchLoop: Promise<void> | undefined;
+  #rejoinLoop: Promise<void> | undefined;
+  #commitTask: ScheduledTask | undefined;
+  #committing: Promise<void> | undefined;
+  readonly #dirty = new Set<PartitionState>();
+
+  static validate(options: SubscribeOptions): void {
+    if (typeof options.topic !== 'string' || options.topic === '') {
+      throw new InvalidArgumentError('subscribe needs a topic');
+    }
+    if (typeof options.group !== 'string' || options.group === '') {
+      throw new InvalidArgumentError('subscribe needs a consumer group');
+    }
+    const max = options.maxInFlight;
+    if (max !== undefined && (!Number.isInteger(max) || max < 1)) {
+      throw new InvalidArgumentError(`maxInFlight=${max} is invalid; it accepts an integer >= 1`);
+    }
+    const t = options.ackTimeoutMs;
+    if (t !== undefined && (!Number.isFinite(t) || t <= 0)) {
+      throw new InvalidArgumentError(`ackTimeoutMs=${t} is invalid; it accepts a number of milliseconds > 0`);
+    }
+    if (options.start !== undefined && options.start !== 'latest' && options.start !== 'earliest') {
+      throw new InvalidArgumentError(
+        `start="${String(options.start)}" is invalid; it accepts "latest" or "earliest"`,
+      );
+    }
+  }
+
+  constructor(options: SubscribeOptions, deps: KafkaSubscriptionDeps) {
+    this.topic = options.topic;
+    this.group = options.group;
+    this.#deps = deps;
+    this.#filter = parseTagExpression(options.filter);
+    this.#maxInFlight = options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
+    this.#ackTimeoutMs = options.ackTimeoutMs ?? deps.defaultAckTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
+    this.#ordered = options.ordered ?? false;
+    this.#start = options.start ?? 'latest';
+    this.#consumer = new Consumer({
+      clientId: `${deps.config.clientId}-consumer`,
+      bootstrapBrokers: deps.config.brokers,
+      groupId: options.group,
+      sessionTimeout: 10_000,
+      rebalanceTimeout: 10_000,
+      heartbeatInterval: 1_000,
+      autocommit: false,
+      maxWaitTime: FETCH_MAX_WAIT_MS,
+      retries: 2,
+      retryDelay: RETRY_BACKOFF_MS,
+      connectTimeout: 5_000,
+    });
+    // Emitted when a rejoin ultimately fails; without a listener it would crash the process.
+    this.#consumer.on('error', (err: unknown) => this.#onMembershipLost(err));
+    // Synchronous, before JoinGroup goes out: drop what the next owner will redeliver.
+    this.#consumer.on('consumer:group:rebalance', () => this.#revoke(true));
+    this.#consumer.on('consumer:group:join', (payload: ConsumerGroupJoinPayload) => this.#onJoin(payload));
+    this.#consumer.on('consumer:group:leave', () => this.#revoke(false));
+  }
+
+  /** Joins the group; resolves once this member has its first assignment. */
+  async start(): Promise<void> {
+    this.#consumer.topics.track(this.topic);
+    try {
+      await this.#consumer.joinGroup({});
+    } catch (err) {
+      throw toKafkaMqError(
+        err,
+        `joining Kafka consumer group "${this.group}" on topic "${this.topic}"`,
+        this.topic,
+      );
+    }
+    this.#fetchLoop = this.#runFetchLoop();
+  }
+
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Delivery, undefined> {
+    return {
+      next: () => this.#next(),
+      // Leaving a for-await loop ends that loop only; close() ends the subscription.
+      return: async () => ({ value: undefined, done: true }),
+    };
+  }
+
+  async #next(): Promise<IteratorResult<Delivery, undefined>> {
+    for (;;) {
+      if (this.#closed) return { value: undefined, done: true };
+      if (this.#inFlight < this.#maxInFlight) {
+        const d = this.#take();
+        if (d) return { value: d, done: false };
+      }
+      try {
+        await this.#notifier.wait(this.#abort.signal);
+      } catch {
+        return { value: undefined, done: true };
+      }
+    }
+  }
+
+  /** Hands out the next deliverable record, visiting partitions round robin. */
+  #take(): KafkaDelivery | undefined {
+    const n = this.#order.length;
+    const now = Date.now();
+    for (let i = 0; i < n; i++) {
+      const p = this.#order[(this.#rr + i) % n] as PartitionState;
+      if (p.notBefore > now) continue;
+      const d = this.#takeFrom(p);
+      if (d) {
+        this.#rr = (this.#rr + i + 1) % n;
+        return d;
+      }
+    }
+    return undefined;
+  }
+
+  #takeFrom(p: PartitionState): KafkaDelivery | undefined {
+    while (p.head < p.buffer.length) {
+      const item = p.buffer[p.head] as BufferedRecord;
+      const tag = recordTag(item.record.headers);
+      if (!this.#filter.matches(tag)) {
+        p.head++;
+        p.handedPos = item.offset + 1n;
+        this.#afterPop(p);
+        this.#markDirty(p);
+        continue;
+      }
+      const keyId = item.record.key === null ? undefined : item.record.key.toString('latin1');
+      if (this.#ordered && keyId !== undefined && p.inflightKeys.has(keyId)) return undefined;
+      p.head++;
+      p.handedPos = item.offset + 1n;
+      this.#afterPop(p);
+      const count = p.deliveredCount.get(item.offset) ?? 0;
+      p.deliveredCount.set(item.offset, count + 1);
+      const message = decodeRecord(this.topic, p.partition, item.offset, item.record, count);
+      const d = new KafkaDelivery(message, this, p, item.offset, keyId);
+      p.inflight.set(item.offset, d);
+      if (keyId !== undefined) p.inflightKeys.set(keyId, (p.inflightKeys.get(keyId) ?? 0) + 1);
+      this.#inFlight++;
+      d.timer = this.#scheduler.after(this.#ackTimeoutMs, () => {
+        if (!d.live) return;
+        this.#deps.log?.debug(
+          { topic: this.topic, group: this.group, partition: p.partition, offset: String(d.offset) },
+          'kafka delivery not settled within the ack timeout; rewinding its partition',
+        );
+        this.#rewind(p, 0);
+      });
+      return d;
+    }
+    return undefined;
+  }
+
+  #afterPop(p: PartitionState): void {
+    if (p.head < p.buffer.length) return;
+    p.clearBuffer();
+    if (p.bufferEnd > p.handedPos) p.handedPos = p.bufferEnd;
+    // The partition's buffer is empty: the fetch loop may fetch it again.
+    this.#notifier.notifyAll();
+  }
+
+  /** Called by a delivery's ack() / nack(). */
+  async settle(d: KafkaDelivery, how: 'ack' | 'nack', delayMs = 0): Promise<void> {
+    // Acking twice is harmless; anything else on a delivery we no longer hold is NOT_FOUND.
+    if (d.acked && how === 'ack') return;
+    if (!d.live) {
+      throw new NotFoundError(
+        `delivery ${d.message.id} is no longer held by this subscription (closed, rewound, revoked by a rebalance or ack timeout); it will be redelivered`,
+      );
+    }
+    if (how === 'nack') {
+      if (!Number.isFinite(delayMs) || delayMs < 0) {
+        throw new InvalidArgumentError(
+          `nack delayMs=${delayMs} is invalid; it accepts a number of milliseconds >= 0`,
+        );
+      }
+      this.#rewind(d.state, delayMs);
+      return;
+    }
+    d.acked = true;
+    this.#drop(d);
+    this.#markDirty(d.state);
+    this.#notifier.notifyAll();
+  }
+
+  #drop(d: KafkaDelivery): void {
+    d.live = false;
+    d.timer?.cancel();
+    const p = d.state;
+    p.inflight.delete(d.offset);
+    if (d.keyId !== undefined) {
+      const c = (p.inflightKeys.get(d.keyId) ?? 1) - 1;
+      if (c <= 0) p.inflightKeys.delete(d.keyId);
+      else p.inflightKeys.set(d.keyId, c);
+    }
+    this.#inFlight--;
+  }
+
+  /** Seeks the partition back to its oldest unsettled offset (see the class comment). */
+  #rewind(p: PartitionState, delayMs: number): void {
+    if (this.#partitions.get(p.partition) !== p) return;
+    const oldest = p.commitPoint();
+    for (const d of [...p.inflight.values()]) this.#drop(d);
+    p.clearBuffer();
+    p.epoch++;
+    p.fetchPos = oldest;
+    p.bufferEnd = oldest;
+    p.handedPos = oldest;
+    if (delayMs > 0) {
+      p.notBefore = Date.now() + delayMs;
+      this.#scheduler.at(p.notBefore, () => this.#notifier.notifyAll());
+    } else {
+      p.notBefore = 0;
+    }
+    this.#notifier.notifyAll();
+  }
+
+  #markDirty(p: PartitionState, afterMs = COMMIT_DELAY_MS): void {
+    this.#dirty.add(p);
+    if (this.#closed) return;
+    this.#commitTask ??= this.#scheduler.after(afterMs, () => {
+      this.#commitTask = undefined;
+      void this.#flushCommits();
+    });
+  }
+
+  /** Commits every dirty partition's settled prefix in one request; one request at a time. */
+  #flushCommits(): Promise<void> {
+    if (this.#committing) {
+      // Re-run after the one on the wire; its snapshot may predate the newest acks.
+      return this.#committing.then(() => (this.#dirty.size > 0 ? this.#flushCommits() : undefined));
+    }
+    const offsets: Array<{ topic: string; partition: number; offset: bigint; leaderEpoch: number }> = [];
+    const states: Array<[PartitionState, bigint]> = [];
+    for (const p of this.#dirty) {
+      if (this.#partitions.get(p.partition) !== p) continue;
+      const point = p.commitPoint();
+      if (point > p.committed) {
+        offsets.push({ topic: this.topic, partition: p.partition, offset: point, leaderEpoch: -1 });
+        states.push([p, point]);
+      }
+    }
+    this.#dirty.clear();
+    if (offsets.length === 0) return Promise.resolve();
+    this.#committing = this.#consumer
+      .commit({ offsets })
+      .then(
+        () => {
+          for (const [p, point] of states) {
+            if (point > p.committed) p.committed = point;
+            p.pruneCounts(p.committed);
+          }
+        },
+        (err: unknown) => {
+          this.#warn('committing Kafka offsets failed; retrying', err);
+          for (const [p] of states) {
+            if (this.#partitions.get(p.partition) === p) this.#markDirty(p, RETRY_BACKOFF_MS * 2);
+          }
+        },
+      )
+      .finally(() => {
+        this.#committing = undefined;
+      });
+    return this.#committing;
+  }
+
+  /**
+   * Drops every partition: unsettled deliveries become NOT_FOUND, nothing is handed out until
+   * the next assignment. With `commit`, the settled prefix is committed first (the member still
+   * holds its generation while the rebalance is in progress, so the commit is accepted).
+   */
+  #revoke(commit: boolean): void {
+    this.#generation++;
+    if (commit && !this.#closed) {
+      for (const p of this.#partitions.values()) this.#dirty.add(p);
+      void this.#flushCommits();
+    }
+    this.#commitTask?.cancel();
+    this.#commitTask = undefined;
+    for (const p of this.#partitions.values()) {
+      for (const d of [...p.inflight.values()]) this.#drop(d);
+      p.clearBuffer();
+      p.epoch++;
+    }
+    this.#partitions = new Map();
+    this.#order = [];
+    this.#dirty.clear();
+    this.#notifier.notifyAll();
+  }
+
+  #onJoin(payload: ConsumerGroupJoinPayload): void {
+    if (this.#closed) return;
+    this.#revoke(false);
+    const mine = (payload.assignments ?? []).find((a) => a.topic === this.topic)?.partitions ?? [];
+    void this.#assign(
+      [...mine].sort((a, b) => a - b),
+      this.#generation,
+    );
+  }
+
+  /** Resolves each assigned partition's start: committed offset, else the `start` policy. */
+  async #assign(partitions: number[], generation: number): Promise<void> {
+    if (partitions.length === 0) return;
+    for (;;) {
+      if (this.#closed || generation !== this.#generation) return;
+      try {
+        const committed = await this.#consumer.listCommittedOffsets({
+          topics: [{ topic: this.topic, partitions }],
+        });
+        const byPartition = committed.get(this.topic) ?? [];
+        const missing = partitions.filter((i) => (byPartition[i] ?? -1n) < 0n);
+        const starts = new Map<number, bigint>();
+        for (const i of partitions) {
+          const c = byPartition[i];
+          if (c !== undefined && c >= 0n) starts.set(i, c);
+        }
+        if (missing.length > 0) {
+          const listed = await this.#consumer.listOffsets({
+            topics: [this.topic],
+            partitions: { [this.topic]: missing },
+            timestamp: this.#start === 'earliest' ? -2n : -1n,
+          });
+          const at = listed.get(this.topic) ?? [];
+          const offsets = [];
+          for (const i of missing) {
+            const o = at[i] ?? 0n;
+            starts.set(i, o);
+            offsets.push({ topic: this.topic, partition: i, offset: o, leaderEpoch: -1 });
+          }
+          // Commit the resolved start at once: a group seen for the first time keeps the
+          // position it started from even if it rebalances before its first ack ("latest"
+          // would otherwise move forward and skip what arrived in between).
+          if (generation !== this.#generation) return;
+          await this.#consumer.commit({ offsets });
+        }
+        if (this.#closed || generation !== this.#generation) return;
+        const states = partitions.map((i) => new PartitionState(i, starts.get(i) ?? 0n));
+        this.#partitions = new Map(states.map((s) => [s.partition, s]));
+        this.#order = states;
+        this.#notifier.notifyAll();
+        return;
+      } catch (err) {
+        if (this.#closed || generation !== this.#generation) return;
+        this.#warn('resolving start offsets of assigned Kafka partitions failed; retrying', err);
+        try {
+          await delay(RETRY_BACKOFF_MS, this.#abort.signal);
+        } catch {
+          return;
+        }
+      }
+    }
+  }
+
+  /** The client gave up rejoining (e.g. Kafka was down for long): keep trying in the background. */
+  #onMembershipLost(err: unknown): void {
+    if (this.#closed) return;
+    this.#warn('Kafka consumer group membership lost; rejoining', err);
+    this.#revoke(false);
+    this.#rejoinLoop ??= (async () => {
+      try {
+        while (!this.#closed) {
+          try {
+            await delay(RETRY_BACKOFF_MS * 2, this.#abort.signal);
+            await this.#consumer.joinGroup({});
+            return;
+          } catch (e) {
+            if (this.#closed) return;
+            this.#warn('rejoining the Kafka consumer group failed; retrying', e);
+          }
+        }
+      } finally {
+        this.#rejoinLoop = undefined;
+      }
+    })();
+  }
+
+  #fetchable(): PartitionState[] {
+    if (this.#inFlight >= this.#maxInFlight) return [];
+    const now = Date.now();
+    return this.#order.filter((p) => !p.fetching && p.buffered === 0 && p.notBefore <= now);
+  }
+
+  async #runFetchLoop(): Promise<void> {
+    while (!this.#closed) {
+      const ready = this.#fetchable();
+      if (ready.length === 0) {
+        try {
+          await this.#notifier.wait(this.#abort.signal);
+        } catch {
+          return;
+        }
+        continue;
+      }
+      try {
+        await this.#fetchOnce(ready);
+      } catch (err) {
+        if (this.#closed) return;
+        this.#warn('fetching from Kafka failed; retrying', err);
+        if (kafkaErrorHas(err, 'apiId', 'OFFSET_OUT_OF_RANGE')) await this.#resetOutOfRange(ready);
+        this.#consumer.clearMetadata();
+        try {
+          await delay(RETRY_BACKOFF_MS, this.#abort.signal);
+        } catch {
+          return;
+        }
+      }
+    }
+  }
+
+  async #fetchOnce(ready: PartitionState[]): Promise<void> {
+    const metadata = await this.#consumer.metadata({ topics: [this.topic] });
+    const topic = metadata.topics.get(this.topic);
+    if (!topic) throw new Error(`no metadata for topic ${this.topic}`);
+    const byLeader = new Map<number, PartitionState[]>();
+    for (const p of ready) {
+      const leader = topic.partitions[p.partition]?.leader ?? -1;
+      if (leader < 0) continue;
+      const list = byLeader.get(leader);
+      if (list) list.push(p);
+      else byLeader.set(leader, [p]);
+    }
+    if (byLeader.size === 0) throw new Error(`no leader for the assigned partitions of ${this.topic}`);
+    await Promise.all(
+      [...byLeader].map(async ([leader, parts]) => {
+        const requested = parts.map((p) => ({ p, epoch: p.epoch, offset: p.fetchPos }));
+        for (const p of parts) p.fetching = true;
+        let response: FetchResponse;
+        try {
+          response = await this.#consumer.fetch({
+            node: leader,
+            maxWaitTime: FETCH_MAX_WAIT_MS,
+            minBytes: 1,
+            maxBytes: FETCH_MAX_BYTES,
+            topics: [
+              {
+                topicId: topic.id,
+                partitions: requested.map((r) => ({
+                  partition: r.p.partition,
+                  fetchOffset: r.offset,
+                  partitionMaxBytes: PARTITION_MAX_BYTES,
+                  currentLeaderEpoch: -1,
+                  lastFetchedEpoch: -1,
+                })),
+              },
+            ],
+          });
+        } finally {
+          for (const p of parts) p.fetching = false;
+        }
+        this.#absorb(response, requested);
+      }),
+    );
+  }
+
+  #absorb(
+    response: FetchResponse,
+    requested: Array<{ p: PartitionState; epoch: number; offset: bigint }>,
+  ): void {
+    const byPartition = new Map(requested.map((r) => [r.p.partition, r]));
+    let changed = false;
+    for (const t of response.responses) {
+      for (const part of t.partitions) {
+        const r = byPartition.get(part.partitionIndex);
+        // Revoked or rewound while the fetch was on the wire: its records are stale.
+        if (!r || r.epoch !== r.p.epoch || this.#partitions.get(r.p.partition) !== r.p) continue;
+        const batches = part.records ?? [];
+        if (batches.length === 0) continue;
+        const p = r.p;
+        for (const batch of batches) {
+          if (batch.attributes & IS_CONTROL) continue;
+          for (const record of batch.records) {
+            const offset = batch.firstOffset + BigInt(record.offsetDelta);
+            if (offset < r.offset) continue;
+            p.buffer.push({
+              offset,
+              record: {
+                key: record.key,
+                value: record.value,
+                headers: record.headers,
+                timestamp: batch.firstTimestamp + record.timestampDelta,
+              },
+            });
+          }
+        }
+        const last = batches[batches.length - 1];
+        if (last) {
+          const end = last.firstOffset + BigInt(last.lastOffsetDelta) + 1n;
+          if (end > p.fetchPos) p.fetchPos = end;
+          p.bufferEnd = p.fetchPos;
+        }
+        if (p.buffered === 0 && p.bufferEnd > p.handedPos) {
+          // Only control markers (transaction commits / aborts) were read: move past them.
+          p.handedPos = p.bufferEnd;
+          this.#markDirty(p);
+        }
+        changed = true;
+      }
+    }
+    if (changed) this.#notifier.notifyAll();
+  }
+
+  async #resetOutOfRange(parts: PartitionState[]): Promise<void> {
+    try {
+      const ids = parts.map((p) => p.partition);
+      const [earliest, latest] = await Promise.all([
+        this.#consumer.listOffsets({
+          topics: [this.topic],
+          partitions: { [this.topic]: ids },
+          timestamp: -2n,
+        }),
+        this.#consumer.listOffsets({
+          topics: [this.topic],
+          partitions: { [this.topic]: ids },
+          timestamp: -1n,
+        }),
+      ]);
+      for (const p of parts) {
+        if (this.#partitions.get(p.partition) !== p || p.inflight.size > 0) continue;
+        const lo = earliest.get(this.topic)?.[p.partition] ?? 0n;
+        const hi = latest.get(this.topic)?.[p.partition] ?? lo;
+        const to = p.fetchPos < lo ? lo : p.fetchPos > hi ? hi : p.fetchPos;
+        p.epoch++;
+        p.fetchPos = to;
+        p.bufferEnd = to;
+        p.handedPos = to;
+      }
+    } catch (err) {
+      this.#warn('resolving an out-of-range Kafka offset failed', err);
+    }
+  }
+
+  #warn(msg: string, err: unknown): void {
+    this.#deps.log?.warn(
+      { topic: this.topic, group: this.group, err: toMqError(err, 'UNAVAILABLE').message },
+      msg,
+    );
+  }
+
+  /**
+   * Commits the settled prefix, drops unsettled deliveries (they are redelivered to whoever
+   * owns the partition next), leaves the group and closes the client.
+   */
+  close = closeOnce(async () => {
+    await closeAll([
+      async () => {
+        // Commit while the member still holds its generation, then stop handing out.
+        for (const p of this.#partitions.values()) this.#dirty.add(p);
+        await this.#flushCommits();
+        while (this.#committing) await this.#committing;
+      },
+      () => {
+        this.#closed = true;
+        this.#revoke(false);
+        this.#abort.abort();
+        this.#notifier.notifyAll();
+      },
+      async () => {
+        // A fetch on the wire ends within its long-poll; bounded so an unreachable Kafka
+        // cannot hold close() (closing the client below fails it anyway).
+        if (!this.#fetchLoop) return;
+        const timeout = new AbortController();
+        await Promise.race([this.#fetchLoop, delay(FETCH_MAX_WAIT_MS * 4, timeout.signal).catch(() => {})]);
+        timeout.abort();
+      },
+      () => this.#scheduler.close(),
+      async () => {
+        try {
+          await this.#consumer.close(true);
+        } catch (err) {
+          // close() leaves the group first and, when that fails (Kafka down), returns without
+          // closing its connections; the base close still releases them and its retry timers.
+          this.#warn('leaving the Kafka consumer group failed; closing the connections anyway', err);
+          await Base.prototype.close.call(this.#consumer);
+        }
+      },
+      async () => {
+        await this.#fetchLoop;
+        await this.#rejoinLoop;
+      },
+      () => this.#deps.onClosed(this),
+    ]);
+  });
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}

@@ -20,7 +20,7 @@ export const SUPPORTED_SCHEMES = (): string[] => Object.keys(OPENERS).map((s) =>
 export async function openBroker(url: string, options: BrokerOpenOptions = {}): Promise<Broker> {
   let parsed: URL;
   try {
-    parsed = new URL(url);
+    parsed = parseBrokerUrl(url);
   } catch (cause) {
     throw new InvalidArgumentError(
       `broker URL "${url}" is not a URL; write e.g. memory://, kafka://127.0.0.1:9092`,
@@ -37,6 +37,24 @@ export async function openBroker(url: string, options: BrokerOpenOptions = {}): 
   }
   const open = await load();
   return open(parsed, options);
+}
+
+/** Where each scheme's adapter takes the hosts after the first of a `a:1,b:2` authority. */
+const EXTRA_HOSTS_PARAM: Record<string, string> = { 'kafka:': 'brokers', 'nats:': 'servers' };
+
+/**
+ * WHATWG URL parsing rejects a host list (`kafka://a:9092,b:9092`), the form Kafka and NATS users
+ * write. Keep the first host in the authority and move the rest to the adapter's parameter.
+ */
+export function parseBrokerUrl(url: string): URL {
+  const m = /^([a-z][a-z0-9+.-]*:)\/\/([^/?#]*,[^/?#]*)(.*)$/i.exec(url);
+  const param = m ? EXTRA_HOSTS_PARAM[(m[1] as string).toLowerCase()] : undefined;
+  if (!m || !param) return new URL(url);
+  const [first, ...rest] = (m[2] as string).split(',');
+  const u = new URL(`${m[1]}//${first}${m[3]}`);
+  const existing = u.searchParams.get(param);
+  u.searchParams.set(param, [...rest, ...(existing ? [existing] : [])].join(','));
+  return u;
 }
 
 /** Removes a password from a URL before it reaches a log or a metric label. */

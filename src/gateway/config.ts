@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { parseBrokerUrl, SUPPORTED_SCHEMES } from '../brokers/index.js';
 import { formatDuration, parseDuration } from '../core/duration.js';
 import { InvalidArgumentError } from '../core/errors.js';
 
@@ -285,8 +286,8 @@ export function parseBrokers(text: string): BrokerEntry[] | string {
       endpoints.push(...(m[1] as string).split(',').filter(Boolean));
     }
     try {
-      const u = new URL(url as string);
-      if (!['memory:', 'kafka:', 'rocketmq:', 'nats:'].includes(u.protocol)) {
+      const u = parseBrokerUrl(url as string);
+      if (!SUPPORTED_SCHEMES().includes(u.protocol.slice(0, -1))) {
         return `unknown scheme ${u.protocol} in ${url}`;
       }
     } catch {

@@ -1,5 +1,8 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
+import { consumeCommand } from './cli/consume.js';
+import { healthCommand } from './cli/health.js';
+import { publishCommand } from './cli/publish.js';
 import { isMqError } from './core/errors.js';
 import { describeSettings, type GatewayConfig, loadConfig, SETTINGS } from './gateway/config.js';
 import { createLogger } from './gateway/log.js';
@@ -69,6 +72,10 @@ serve.action(async (opts: Record<string, string | boolean>) => {
     process.exit(1);
   }
 });
+
+program.addCommand(publishCommand());
+program.addCommand(consumeCommand());
+program.addCommand(healthCommand());
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   console.error(`mqgate: ${err instanceof Error ? err.message : String(err)}`);

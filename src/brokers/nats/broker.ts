@@ -1,0 +1,662 @@
+/**
+ * The NATS JetStream adapter (`nats://`), written against nats-server 2.9 and nats.js 3.
+ *
+ * Model: one stream per topic (`<prefix>_<topic>`, subjects `<prefix>.<topic>.>`), the tag as
+ * the last subject token (`_` for none), one durable pull consumer per (topic, group) with
+ * explicit acks. Competing subscriptions of a group share that consumer.
+ *
+ * Per-key order, exactly:
+ * - JetStream delivers a consumer's messages in stream order, but with several pull
+ *   subscribers on one durable consumer each pull gets the next messages whoever asks, so two
+ *   messages of one key can be in flight at two members at once: there is no per-key order
+ *   across members. Redelivery (nack, ack timeout, a closed member) also reorders: the
+ *   redelivered message arrives after later ones.
+ * - With `ordered: true` the adapter holds a key's later messages inside ONE subscription
+ *   until the earlier one is settled (ack, nack, or expired by ack timeout), so one member
+ *   hands a key's messages to its caller one at a time in stream order. It cannot order a key
+ *   across members (that would need key-to-member partitioning JetStream 2.9 cannot
+ *   coordinate), nor undo reordering by redelivery. capabilities.ordered is true in that sense:
+ *   a group consumed through one subscription gets every key in publish order.
+ *
+ * Server features used (2.9): durable pull consumers, a single `filter_subject` (and updating
+ * it), nak with delay (2.7.1+), `Nats-Msg-Id` de-duplication. `filter_subjects` (plural) needs
+ * 2.10: on 2.9 a multi-tag expression (`a||b`) uses the topic-wide filter and this adapter
+ * acks the other tags itself; on 2.10+ the server filters. There is no per-message delay in
+ * any NATS version this targets, so deliverAt in the future is UNSUPPORTED.
+ */
+import { randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
+import {
+  AckPolicy,
+  type Consumer,
+  type ConsumerConfig,
+  type ConsumerInfo,
+  DeliverPolicy,
+  JetStreamApiError,
+  type JetStreamClient,
+  type JetStreamManager,
+  jetstream,
+  jetstreamManager,
+  type PubAck,
+  ReplayPolicy,
+} from '@nats-io/jetstream';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import {
+  ClosedError,
+  InvalidArgumentError,
+  MqError,
+  ResourceExhaustedError,
+  TopicNotFoundError,
+  UnavailableError,
+  UnsupportedError,
+} from '../../core/errors.js';
+import { closeAll, delay } from '../../core/lifecycle.js';
+import { type OutgoingMessage, toBytes } from '../../core/message.js';
+import { parseTagExpression, type TagFilter } from '../../core/tags.js';
+import {
+  type Broker,
+  type BrokerCapabilities,
+  type BrokerLog,
+  type BrokerOpenOptions,
+  DEFAULT_ACK_TIMEOUT_MS,
+  DEFAULT_MAX_IN_FLIGHT,
+  type HealthStatus,
+  type PreparedTransaction,
+  type Producer,
+  type SendResult,
+  type SubscribeOptions,
+  type Subscription,
+} from '../broker.js';
+import { type NatsConfig, parseNatsUrl } from './config.js';
+import { buildHeaders, dedupId } from './message.js';
+import {
+  consumerName,
+  publishSubject,
+  streamName,
+  topicSubjects,
+  validateGroup,
+  validateTopic,
+} from './names.js';
+import { NatsSubscription } from './subscription.js';
+
+const BROKER = 'NATS JetStream';
+/** JetStream API and PubAck wait. */
+const API_TIMEOUT_MS = 5_000;
+/**
+ * A send retries transient failures (no PubAck, no responders while the server restarts) with
+ * the same Nats-Msg-Id until this deadline, so a retry is never stored twice as long as the
+ * stream's duplicate window (2 minutes by default) is longer.
+ */
+const PUBLISH_DEADLINE_MS = 30_000;
+const HEALTH_TIMEOUT_MS = 2_000;
+const MAX_IN_FLIGHT_LIMIT = 10_000;
+const CODE_STREAM_NOT_FOUND = 10059;
+const CODE_CONSUMER_NOT_FOUND = 10014;
+
+const nanos = (ms: number): number => Math.round(ms * 1_000_000);
+
+function text(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function apiCode(err: unknown): number | undefined {
+  return err instanceof JetStreamApiError ? err.code : undefined;
+}
+
+/** Failures a retry with the same message id may fix: no reply, no responder, JetStream restarting. */
+function isTransient(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  if (err.name === 'TimeoutError' || err.name === 'NoResponders' || err.name === 'JetStreamNotEnabled')
+    return true;
+  if (err.name === 'RequestError') return true;
+  return err instanceof JetStreamApiError && err.status === 503;
+}
+
+function isClosedConnection(err: unknown): boolean {
+  return (
+    err instanceof Error && (err.name === 'ClosedConnectionError' || err.name === 'DrainingConnectionError')
+  );
+}
+
+function parseVersion(v: string | undefined): [number, number] {
+  const m = /^v?(\d+)\.(\d+)/.exec(v ?? '');
+  return m ? [Number(m[1]), Number(m[2])] : [0, 0];
+}
+
+interface GroupMembers {
+  filterKey: string;
+  members: number;
+}
+
+class NatsProducer implements Producer {
+  #closed = false;
+
+  constructor(
+    readonly topic: string,
+    readonly broker: NatsBroker,
+  ) {}
+
+  send(message: OutgoingMessage): Promise<SendResult> {
+    if (this.#closed) {
+      return Promise.reject(new ClosedError(`producer for topic "${this.topic}" is closed; open a new one`));
+    }
+    return this.broker.publish(this.topic, message);
+  }
+
+  prepare(_message: OutgoingMessage): Promise<PreparedTransaction> {
+    return Promise.reject(
+      new UnsupportedError(
+        `${BROKER} has no transactional (half message) publishing; send without a transaction or use a broker whose capabilities.transactions is true (rocketmq)`,
+      ),
+    );
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.broker.producerClosed(this);
+  }
+}
+
+export class NatsBroker implements Broker {
+  readonly kind = 'nats';
+  readonly url: string;
+  readonly capabilities: BrokerCapabilities;
+  readonly #config: NatsConfig;
+  readonly #nc: NatsConnection;
+  readonly #js: JetStreamClient;
+  readonly #jsm: JetStreamManager;
+  readonly #log: BrokerLog | undefined;
+  readonly #ackTimeoutMs: number;
+  readonly #multiFilter: boolean;
+  readonly #streams = new Map<string, Promise<string>>();
+  readonly #groups = new Map<string, GroupMembers>();
+  readonly #producers = new Set<NatsProducer>();
+  readonly #subscriptions = new Set<NatsSubscription>();
+  readonly #abort = new AbortController();
+  readonly #statusLoop: Promise<void>;
+  #connected = true;
+  #reconnects = 0;
+  #closing: Promise<void> | undefined;
+
+  constructor(config: NatsConfig, nc: NatsConnection, jsm: JetStreamManager, options: BrokerOpenOptions) {
+    this.#config = config;
+    this.url = config.display;
+    this.#nc = nc;
+    this.#jsm = jsm;
+    this.#js = jetstream(nc, { timeout: API_TIMEOUT_MS });
+    this.#log = options.log;
+    this.#ackTimeoutMs = options.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
+    const [major, minor] = parseVersion(nc.info?.version);
+    this.#multiFilter = major > 2 || (major === 2 && minor >= 10);
+    this.capabilities = {
+      ordered: true,
+      delay: false,
+      transactions: false,
+      tagFilter: true,
+      durable: config.storage === 'file',
+    };
+    // Every send waiting out a retry listens on this signal; that is many listeners, not a leak.
+    setMaxListeners(0, this.#abort.signal);
+    this.#statusLoop = this.#watchStatus();
+  }
+
+  async #watchStatus(): Promise<void> {
+    for await (const s of this.#nc.status()) {
+      if (s.type === 'disconnect') {
+        this.#setConnected(false);
+        this.#log?.warn({ server: s.server }, 'nats disconnected; reconnecting');
+      } else if (s.type === 'reconnect') {
+        this.#reconnects++;
+        this.#setConnected(true);
+        this.#log?.info({ server: s.server }, 'nats reconnected');
+      } else if (s.type === 'error') {
+        this.#log?.warn({ err: text(s.error) }, 'nats server error');
+      }
+    }
+  }
+
+  #setConnected(connected: boolean): void {
+    this.#connected = connected;
+    for (const sub of this.#subscriptions) sub.connectionChanged();
+  }
+
+  #assertOpen(): void {
+    if (this.#closing !== undefined) throw new ClosedError(`${BROKER} broker ${this.url} is closed`);
+  }
+
+  async producer(topic: string): Promise<Producer> {
+    this.#assertOpen();
+    validateTopic(topic);
+    await this.#ensureStream(topic);
+    this.#assertOpen();
+    const producer = new NatsProducer(topic, this);
+    this.#producers.add(producer);
+    return producer;
+  }
+
+  /** @internal */
+  producerClosed(producer: NatsProducer): void {
+    this.#producers.delete(producer);
+  }
+
+  /** @internal the producers' send path. */
+  async publish(topic: string, message: OutgoingMessage): Promise<SendResult> {
+    this.#assertOpen();
+    if (message.deliverAt !== undefined && message.deliverAt > Date.now()) {
+      throw new UnsupportedError(
+        `${BROKER} has no delayed delivery (nats-server 2.9 cannot hold a message until a time), so deliverAt ` +
+          `${new Date(message.deliverAt).toISOString()} cannot be honoured; send without deliverAt, or use a broker ` +
+          'whose capabilities.delay is true (memory, rocketmq)',
+      );
+    }
+    if (message.tag !== undefined && message.tag !== '' && /\s|\|\||\*/.test(message.tag)) {
+      throw new InvalidArgumentError(
+        `tag "${message.tag}" is not valid: a tag contains no spaces, "||" or "*"`,
+      );
+    }
+    const msgID = dedupId(message) ?? randomUUID();
+    const subject = publishSubject(this.#config.streamPrefix, topic, message.tag);
+    const body = toBytes(message.body);
+    const headers = buildHeaders(message, msgID, Date.now());
+    const deadline = Date.now() + PUBLISH_DEADLINE_MS;
+    let attempt = 0;
+    for (;;) {
+      let ack: PubAck;
+      try {
+        ack = await this.#js.publish(subject, body, {
+          msgID,
+          headers,
+          timeout: Math.max(500, Math.min(API_TIMEOUT_MS, deadline - Date.now())),
+        });
+      } catch (err) {
+        if (this.#closing !== undefined || isClosedConnection(err)) {
+          throw new ClosedError(`${BROKER} broker ${this.url} closed while sending to topic "${topic}"`, {
+            cause: err,
+          });
+        }
+        attempt++;
+        const wait = Math.min(1000, 50 * 2 ** Math.min(attempt, 5));
+        if (!isTransient(err) || Date.now() + wait >= deadline) throw this.#publishError(topic, err);
+        this.#log?.debug(
+          { err: text(err), topic, attempt },
+          'nats publish failed; retrying with the same message id',
+        );
+        // "No responders" also means the stream vanished (a memory-storage server restarted).
+        if (err instanceof Error && err.name === 'JetStreamNotEnabled') this.#streams.delete(topic);
+        await delay(wait, this.#abort.signal).catch(() => {});
+        if (!this.#streams.has(topic) && this.#connected) await this.#ensureStream(topic).catch(() => {});
+        continue;
+      }
+      if (ack.duplicate) this.#log?.debug({ topic, msgID, seq: ack.seq }, 'nats publish de-duplicated');
+      return { messageId: msgID };
+    }
+  }
+
+  #publishError(topic: string, err: unknown): MqError {
+    if (err instanceof MqError) return err;
+    const msg = text(err);
+    if (/maximum (bytes|messages)|resource limits|insufficient resources/i.test(msg)) {
+      return new ResourceExhaustedError(
+        `${BROKER} stream ${streamName(this.#config.streamPrefix, topic)} is full (${msg}); raise maxBytes or let consumers catch up`,
+        { cause: err },
+      );
+    }
+    if (isTransient(err)) {
+      return new UnavailableError(
+        `${BROKER} did not acknowledge a message for topic "${topic}" within ${PUBLISH_DEADLINE_MS} ms (${msg}); ` +
+          `check that nats-server at ${this.#config.servers.join(',')} is up with JetStream enabled and that stream ` +
+          `${streamName(this.#config.streamPrefix, topic)} exists`,
+        { cause: err },
+      );
+    }
+    return new MqError('INTERNAL', `${BROKER} rejected a message for topic "${topic}": ${msg}`, {
+      cause: err,
+    });
+  }
+
+  #ensureStream(topic: string): Promise<string> {
+    let pending = this.#streams.get(topic);
+    if (pending === undefined) {
+      pending = this.#createStream(topic);
+      this.#streams.set(topic, pending);
+      pending.catch(() => {
+        if (this.#streams.get(topic) === pending) this.#streams.delete(topic);
+      });
+    }
+    return pending;
+  }
+
+  async #createStream(topic: string): Promise<string> {
+    const c = this.#config;
+    const name = streamName(c.streamPrefix, topic);
+    const subjects = topicSubjects(c.streamPrefix, topic);
+    try {
+      await this.#jsm.streams.info(name);
+      return name;
+    } catch (err) {
+      if (apiCode(err) !== CODE_STREAM_NOT_FOUND) throw this.#apiError(`looking up stream ${name}`, err);
+    }
+    if (!c.createStreams) {
+      throw new TopicNotFoundError(
+        `topic "${topic}" has no ${BROKER} stream "${name}" on ${this.url} and this broker was opened with ` +
+          `createStreams=false; create it with: nats stream add ${name} --subjects '${subjects}' --storage ${c.storage} ` +
+          `--retention ${c.retention} --defaults (or open the broker with createStreams=true)`,
+      );
+    }
+    try {
+      await this.#jsm.streams.add({
+        name,
+        subjects: [subjects],
+        storage: c.storage,
+        retention: c.retention,
+        max_bytes: c.maxBytes,
+        max_age: nanos(c.maxAgeMs),
+        num_replicas: c.replicas,
+      });
+    } catch (err) {
+      // Another broker instance created it first (possibly with other limits): use theirs.
+      try {
+        await this.#jsm.streams.info(name);
+      } catch {
+        throw this.#apiError(`creating stream ${name}`, err);
+      }
+    }
+    return name;
+  }
+
+  #apiError(what: string, err: unknown): MqError {
+    if (err instanceof MqError) return err;
+    if (isClosedConnection(err))
+      return new ClosedError(`${BROKER} broker ${this.url} is closed`, { cause: err });
+    if (isTransient(err)) {
+      return new UnavailableError(
+        `${BROKER} did not answer while ${what} (${text(err)}); is nats-server up?`,
+        {
+          cause: err,
+        },
+      );
+    }
+    return new MqError('INTERNAL', `${BROKER} failed ${what}: ${text(err)}`, { cause: err });
+  }
+
+  async subscribe(options: SubscribeOptions): Promise<Subscription> {
+    this.#assertOpen();
+    const { topic, group } = options;
+    validateTopic(topic);
+    validateGroup(group);
+    const filter = parseTagExpression(options.filter);
+    const maxInFlight = options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
+    if (!Number.isInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > MAX_IN_FLIGHT_LIMIT) {
+      throw new InvalidArgumentError(
+        `maxInFlight must be a whole number from 1 to ${MAX_IN_FLIGHT_LIMIT}, got ${maxInFlight}`,
+      );
+    }
+    const ackTimeoutMs = options.ackTimeoutMs ?? this.#ackTimeoutMs;
+    if (!Number.isFinite(ackTimeoutMs) || ackTimeoutMs < 100) {
+      throw new InvalidArgumentError(`ackTimeoutMs must be at least 100, got ${ackTimeoutMs}`);
+    }
+    const start = options.start ?? 'latest';
+    if (start !== 'latest' && start !== 'earliest') {
+      throw new InvalidArgumentError(`start must be "latest" or "earliest", got "${String(start)}"`);
+    }
+
+    const stream = await this.#ensureStream(topic);
+    const durable = consumerName(group);
+    const prefix = this.#config.streamPrefix;
+    const tags = filter.tags === undefined ? undefined : [...filter.tags].sort();
+    const filterKey = tags === undefined ? '*' : tags.join('||');
+    const filterSubjects =
+      tags === undefined
+        ? [topicSubjects(prefix, topic)]
+        : tags.length === 1 || this.#multiFilter
+          ? tags.map((t) => publishSubject(prefix, topic, t))
+          : [topicSubjects(prefix, topic)];
+    const localFilter: TagFilter | undefined =
+      tags !== undefined && tags.length > 1 && !this.#multiFilter ? filter : undefined;
+
+    // A group is ONE durable consumer with one filter. Two live members here with different
+    // filters would silently steal each other's messages, so that is refused; a member with a
+    // new filter when none is live updates the consumer (last writer wins across processes).
+    const groupKey = `${stream}/${durable}`;
+    const members = this.#groups.get(groupKey);
+    if (members !== undefined && members.members > 0 && members.filterKey !== filterKey) {
+      throw new MqError(
+        'FAILED_PRECONDITION',
+        `group "${group}" already subscribes to topic "${topic}" with tag filter "${members.filterKey}" here; on ${BROKER} ` +
+          `a group is one durable consumer with one filter, so every member must use the same filter. Close those ` +
+          `subscriptions first (the consumer's filter is then changed to "${filterKey}"), or use another group name`,
+      );
+    }
+    const entry = members ?? { filterKey, members: 0 };
+    entry.filterKey = filterKey;
+    entry.members++;
+    this.#groups.set(groupKey, entry);
+    const release = (): void => {
+      entry.members--;
+      if (entry.members === 0 && this.#groups.get(groupKey) === entry) this.#groups.delete(groupKey);
+    };
+
+    const desired = {
+      ack_wait: nanos(ackTimeoutMs),
+      max_ack_pending: maxInFlight,
+      filterSubjects,
+      // A work-queue stream holds only unconsumed messages and its consumers must deliver all.
+      deliver_policy:
+        start === 'earliest' || this.#config.retention === 'workqueue'
+          ? DeliverPolicy.All
+          : DeliverPolicy.New,
+    };
+    const broker = this;
+    const connection = {
+      get connected(): boolean {
+        return broker.#connected && !broker.#nc.isClosed();
+      },
+    };
+    let consumer: Consumer;
+    try {
+      const info = await this.#ensureConsumer(stream, durable, desired, topic, group);
+      consumer = this.#js.consumers.getConsumerFromInfo(info);
+      this.#assertOpen();
+    } catch (err) {
+      release();
+      throw err;
+    }
+    const sub: NatsSubscription = new NatsSubscription({
+      topic,
+      group,
+      prefix,
+      maxInFlight,
+      ackTimeoutMs,
+      ordered: options.ordered === true,
+      localFilter,
+      consumer,
+      recover: async () => {
+        // Re-create what vanished (a memory-storage server restarted, someone deleted it), but
+        // never rewrite an existing consumer from here: that could undo another member's change.
+        this.#streams.delete(topic);
+        await this.#ensureStream(topic);
+        const info = await this.#ensureConsumer(stream, durable, desired, topic, group, true);
+        return this.#js.consumers.getConsumerFromInfo(info);
+      },
+      connection,
+      log: this.#log,
+      onClosed: () => {
+        this.#subscriptions.delete(sub);
+        release();
+      },
+    });
+    this.#subscriptions.add(sub);
+    return sub;
+  }
+
+  async #ensureConsumer(
+    stream: string,
+    durable: string,
+    desired: {
+      ack_wait: number;
+      max_ack_pending: number;
+      filterSubjects: string[];
+      deliver_policy: DeliverPolicy;
+    },
+    topic: string,
+    group: string,
+    recovering = false,
+  ): Promise<ConsumerInfo> {
+    const filterConfig = (subjects: string[]): Partial<ConsumerConfig> =>
+      subjects.length === 1
+        ? { filter_subject: subjects[0], filter_subjects: undefined }
+        : { filter_subject: undefined, filter_subjects: subjects };
+    let info: ConsumerInfo | undefined;
+    try {
+      info = await this.#jsm.consumers.info(stream, durable);
+    } catch (err) {
+      if (apiCode(err) !== CODE_CONSUMER_NOT_FOUND)
+        throw this.#apiError(`looking up consumer ${durable} on ${stream}`, err);
+    }
+    if (info === undefined) {
+      try {
+        return await this.#jsm.consumers.add(stream, {
+          durable_name: durable,
+          ack_policy: AckPolicy.Explicit,
+          deliver_policy: desired.deliver_policy,
+          replay_policy: ReplayPolicy.Instant,
+          ack_wait: desired.ack_wait,
+          max_ack_pending: desired.max_ack_pending,
+          max_deliver: -1,
+          ...filterConfig(desired.filterSubjects),
+        });
+      } catch (err) {
+        const msg = text(err);
+        if (/workqueue/i.test(msg)) {
+          throw new MqError(
+            'FAILED_PRECONDITION',
+            `topic "${topic}" uses a work-queue stream (retention=workqueue), which allows only one group per tag ` +
+              `(server said: ${msg}); use one group for this topic, or open the broker with retention=limits or interest`,
+            { cause: err },
+          );
+        }
+        throw this.#apiError(`creating consumer ${durable} for group "${group}" on ${stream}`, err);
+      }
+    }
+    if (recovering) return info;
+    const cfg = info.config;
+    const current = cfg.filter_subjects?.length
+      ? cfg.filter_subjects
+      : cfg.filter_subject
+        ? [cfg.filter_subject]
+        : [];
+    const sameFilter =
+      current.length === desired.filterSubjects.length &&
+      [...current].sort().every((s, i) => s === [...desired.filterSubjects].sort()[i]);
+    if (sameFilter && cfg.ack_wait === desired.ack_wait && cfg.max_ack_pending === desired.max_ack_pending) {
+      return info;
+    }
+    if (!sameFilter) {
+      this.#log?.warn(
+        { stream, consumer: durable, from: current, to: desired.filterSubjects },
+        'changing the tag filter of an existing group; members elsewhere still running with the old filter now receive the new one',
+      );
+    }
+    try {
+      return await this.#jsm.consumers.update(stream, durable, {
+        ack_wait: desired.ack_wait,
+        max_ack_pending: desired.max_ack_pending,
+        ...filterConfig(desired.filterSubjects),
+      });
+    } catch (err) {
+      if (isTransient(err) || isClosedConnection(err))
+        throw this.#apiError(`updating consumer ${durable}`, err);
+      throw new MqError(
+        'FAILED_PRECONDITION',
+        `group "${group}" exists on topic "${topic}" with another configuration (filter ${current.join(',') || '(none)'}) and ` +
+          `${BROKER} refused to change it: ${text(err)}; delete it with: nats consumer rm ${stream} ${durable} (the group ` +
+          'then starts over), or use another group name',
+        { cause: err },
+      );
+    }
+  }
+
+  async health(): Promise<HealthStatus> {
+    if (this.#closing !== undefined) return { ok: false, detail: 'closed' };
+    if (!this.#connected || this.#nc.isClosed()) {
+      return { ok: false, detail: `disconnected from ${this.url}; the client is reconnecting` };
+    }
+    const timeout = new AbortController();
+    try {
+      const rtt = await Promise.race([
+        this.#nc.rtt(),
+        delay(HEALTH_TIMEOUT_MS, timeout.signal).then(() => {
+          throw new Error(`no reply within ${HEALTH_TIMEOUT_MS} ms`);
+        }),
+      ]);
+      return {
+        ok: true,
+        detail: `connected to nats-server ${this.#nc.info?.version ?? '?'} at ${this.#nc.getServer()} (rtt ${rtt} ms, ${this.#reconnects} reconnects)`,
+      };
+    } catch (err) {
+      return { ok: false, detail: `nats-server at ${this.#nc.getServer()} does not answer: ${text(err)}` };
+    } finally {
+      timeout.abort();
+    }
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.#abort.abort();
+    await closeAll([
+      ...[...this.#subscriptions].map((s) => () => s.close()),
+      ...[...this.#producers].map((p) => () => p.close()),
+      // Flush the naks of released deliveries, then close; flush cannot finish while
+      // disconnected, so it is bounded.
+      async () => {
+        if (this.#nc.isClosed() || !this.#connected) return;
+        const timeout = new AbortController();
+        try {
+          await Promise.race([this.#nc.flush(), delay(HEALTH_TIMEOUT_MS, timeout.signal).catch(() => {})]);
+        } finally {
+          timeout.abort();
+        }
+      },
+      () => this.#nc.close(),
+      () => this.#statusLoop,
+    ]);
+  }
+}
+
+export async function openNatsBroker(url: URL, options: BrokerOpenOptions = {}): Promise<Broker> {
+  const config = parseNatsUrl(url);
+  let nc: NatsConnection;
+  try {
+    nc = await connect({
+      servers: config.servers,
+      user: config.user,
+      pass: config.pass,
+      token: config.token,
+      name: 'mqgate',
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 500,
+      timeout: API_TIMEOUT_MS,
+    });
+  } catch (cause) {
+    throw new UnavailableError(
+      `cannot connect to NATS at ${config.servers.join(', ')}: ${text(cause)}; is nats-server running there (with -js for JetStream)?`,
+      { cause },
+    );
+  }
+  let jsm: JetStreamManager;
+  try {
+    jsm = await jetstreamManager(nc, { timeout: API_TIMEOUT_MS });
+  } catch (cause) {
+    await nc.close().catch(() => {});
+    throw new UnavailableError(
+      `nats-server at ${config.servers.join(', ')} has no JetStream for this account (${text(cause)}); start it with -js or enable JetStream in its config`,
+      { cause },
+    );
+  }
+  return new NatsBroker(config, nc, jsm, options);
+}

@@ -1,0 +1,101 @@
+import { createInterface } from 'node:readline';
+import { Command, Option } from 'commander';
+import { MessageProperties, type Producer, type SendResult } from '../client/index.js';
+import { parseDuration } from '../core/duration.js';
+import {
+  addConnectionOptions,
+  type ConnectionFlags,
+  clientFrom,
+  onStopSignal,
+  Progress,
+  writeOut,
+} from './common.js';
+
+interface PublishFlags extends ConnectionFlags {
+  topic: string;
+  tag?: string;
+  key?: string;
+  shardingKey?: string;
+  delay?: string;
+  property: string[];
+  body?: string;
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** `mqgate publish`: one message from --body, or one per line of stdin. Prints each message id. */
+export function publishCommand(): Command {
+  const cmd = new Command('publish')
+    .description('Publish --body, or each line of stdin, to a topic through the gateway; prints message ids.')
+    .requiredOption('--topic <topic>', 'topic to publish to')
+    .option('--tag <tag>', 'message tag')
+    .option('--key <key>', 'message key (business key for look-ups)')
+    .option('--sharding-key <key>', 'ordering key: same key, same order (SendOrderedMessage)')
+    .option('--delay <duration>', 'deliver after this long, e.g. 5s, 2m (SendDelayMessage)')
+    .option('--property <name=value>', 'user property, repeatable', collect, [])
+    .addOption(new Option('--body <text>', 'message body; without it stdin is read, one message per line'));
+  addConnectionOptions(cmd);
+  cmd.action(async (flags: PublishFlags) => {
+    const props = new MessageProperties();
+    for (const p of flags.property) {
+      const i = p.indexOf('=');
+      if (i < 1) throw new Error(`--property "${p}" is not name=value`);
+      props.putProperty(p.slice(0, i), p.slice(i + 1));
+    }
+    if (flags.key) props.messageKey(flags.key);
+    const delayMs = flags.delay === undefined ? undefined : parseDuration(flags.delay, '--delay');
+    if (delayMs !== undefined && flags.shardingKey) {
+      throw new Error('--delay and --sharding-key cannot be combined: a delayed message has no order');
+    }
+
+    const client = clientFrom(flags);
+    const stop = new AbortController();
+    const removeSignals = onStopSignal(() => stop.abort());
+    const progress = new Progress('published');
+    try {
+      const producer = await client.getProducer(flags.instanceId, flags.topic, { signal: stop.signal });
+      const send = (body: string): Promise<SendResult> =>
+        publishOne(producer, body, flags, props, delayMs, stop.signal);
+      if (flags.body !== undefined) {
+        await writeOut(`${(await send(flags.body)).messageId}\n`);
+        return;
+      }
+      const lines = createInterface({ input: process.stdin, crlfDelay: Number.POSITIVE_INFINITY });
+      stop.signal.addEventListener('abort', () => lines.close(), { once: true });
+      try {
+        for await (const line of lines) {
+          if (line === '') continue;
+          const res = await send(line);
+          progress.tick();
+          await writeOut(`${res.messageId}\n`);
+        }
+      } finally {
+        lines.close();
+      }
+    } catch (err) {
+      // Ctrl-C during a send is a request to stop, not a failure.
+      if (!stop.signal.aborted) throw err;
+    } finally {
+      progress.stop();
+      removeSignals();
+      await client.close();
+    }
+  });
+  return cmd;
+}
+
+function publishOne(
+  producer: Producer,
+  body: string,
+  flags: PublishFlags,
+  props: MessageProperties,
+  delayMs: number | undefined,
+  signal: AbortSignal,
+): Promise<SendResult> {
+  const options = { signal };
+  if (delayMs !== undefined)
+    return producer.publishDelayMessage(body, flags.tag, props, { delayMs }, options);
+  if (flags.shardingKey)
+    return producer.publishOrderedMessage(body, flags.tag, props, flags.shardingKey, options);
+  return producer.publishMessage(body, flags.tag, props, options);
+}

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import type {
   ServerUnaryCall,
   ServerWritableStream,
@@ -150,6 +151,7 @@ export function createService(deps: ServiceDeps): {
   });
 
   function toWire(m: Message, receiptHandle: string): WireMessage {
+    const body = Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength);
     let properties = m.properties as Record<string, string>;
     if (m.businessKey !== undefined || m.key !== undefined) {
       properties = { ...properties };
@@ -159,14 +161,15 @@ export function createService(deps: ServiceDeps): {
     return {
       message_id: m.id,
       receipt_handle: receiptHandle,
-      message_body: Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength).toString('utf8'),
+      message_body: body.toString('utf8'),
       tag: m.tag ?? '',
       properties,
       born_timestamp: String(m.bornAt),
       reconsume_times: m.reconsumeCount,
       topic: m.topic,
-      message_body_bytes:
-        m.body.byteLength === 0 ? EMPTY : Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength),
+      // Bytes go out only when the text cannot carry them: sending both would double every
+      // body and push 2+ MiB messages past clients' default 4 MiB receive limit.
+      message_body_bytes: isUtf8(body) ? EMPTY : body,
     };
   }
 

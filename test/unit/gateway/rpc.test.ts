@@ -96,6 +96,20 @@ describe('every RPC, as existing clients call it', () => {
     stream.end();
   });
 
+  test('a 3 MiB text body reaches a client with the default 4 MiB receive limit (regression: bodies were sent twice)', async () => {
+    const topic = `t-${randomUUID()}`;
+    const cid = await consumer(topic, `g-${randomUUID()}`);
+    const stream = receive(gw.client, cid);
+    const pid = await producer(topic);
+    const body = 'x'.repeat(3 * 1024 * 1024);
+    await call(gw.client, 'SendMessage', { producer_id: pid, message_body: body });
+    await eventually(() => stream.messages.length === 1 || stream.ended, 'the large message');
+    assert.equal(stream.error, undefined);
+    assert.equal(stream.messages[0]!.message_body.length, body.length);
+    assert.equal(stream.messages[0]!.message_body_bytes.length, 0, 'valid UTF-8 travels once, as text');
+    stream.end();
+  });
+
   test('SendOrderedMessage keeps per-sharding-key order', async () => {
     const topic = `t-${randomUUID()}`;
     const cid = await consumer(topic, `g-${randomUUID()}`);

@@ -66,14 +66,22 @@ export async function startChildGateway(
     child.once('exit', (code, signal) => resolve(code ?? signal ?? 'unknown')),
   );
   const deadline = Date.now() + timeoutMs;
-  while (!logs.some((l) => l.msg === 'mqgate gateway listening')) {
+  // Ready when /health answers: independent of LOG_LEVEL, and the gRPC port is bound before it.
+  for (;;) {
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill('SIGKILL');
       throw new Error(
         `gateway did not start (exit ${child.exitCode}); stderr:\n${stderr}\nlogs:\n${JSON.stringify(logs)}`,
       );
     }
-    await new Promise((r) => setTimeout(r, 50));
+    const ok = await fetch(`http://127.0.0.1:${metricsPort}/health`, {
+      headers: { connection: 'close' },
+    }).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ok) break;
+    await new Promise((r) => setTimeout(r, 100));
   }
   return { process: child, grpcPort, metricsPort, logs, exited, kill: (s = 'SIGTERM') => child.kill(s) };
 }

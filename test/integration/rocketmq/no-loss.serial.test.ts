@@ -1,0 +1,135 @@
+/**
+ * No loss at the adapter level: 10,000 messages on a FIFO topic while the test restarts the
+ * RocketMQ proxy once and closes/re-creates the subscription twice. Every message whose send
+ * succeeded must be delivered at least once, and each key's first deliveries come in publish
+ * order. Duplicates (expected: a restart or a close re-delivers unacked messages) are counted.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import type { Subscription } from '../../../src/brokers/broker.js';
+import { bodyText } from '../../../src/core/message.js';
+import { restartRocketMqProxy } from '../../support/brokers.js';
+import { eventually } from '../../support/leaks.js';
+import { MemoryLog, makeFifoGroups, openTestBroker, TopicPool } from './helpers.js';
+
+const TOTAL = 10_000;
+const KEYS = 16;
+const pool = new TopicPool({ normal: 0, fifo: 1, delay: 0, transaction: 0 });
+
+describe('rocketmq no loss across a proxy restart and re-subscriptions', { timeout: 900_000 }, () => {
+  test('10,000 FIFO messages: all delivered at least once, first deliveries in order', async () => {
+    const topic = await pool.topic('fifo');
+    const [group] = (await makeFifoGroups(1)) as [string];
+    const log = new MemoryLog();
+    const broker = await openTestBroker({ log });
+    try {
+      const producer = await broker.producer(topic);
+      const sent = new Map<string, number>(); // id -> sequence number of its key
+      const sendFailures = { count: 0 };
+      let nextSeq = 0;
+      /** Each key is sent by one worker in sequence, so per-key publish order is well defined. */
+      const perKey = TOTAL / KEYS;
+      // Paced to about 200 messages/s so sends are in flight while the proxy is down.
+      const senders = Array.from({ length: KEYS }, async (_, k) => {
+        for (let i = 0; i < perKey; i++) {
+          await new Promise((r) => setTimeout(r, 80));
+          const body = `${k}:${i}`;
+          for (let attempt = 0; ; attempt++) {
+            try {
+              const { messageId } = await producer.send({ body, key: `k${k}` });
+              sent.set(messageId, i);
+              nextSeq++;
+              break;
+            } catch {
+              sendFailures.count++;
+              if (attempt > 600) throw new Error(`gave up sending ${body}`);
+              await new Promise((r) => setTimeout(r, 250));
+            }
+          }
+        }
+      });
+
+      const firstSeen = new Map<string, number>(); // body -> count
+      const firstOrder = new Map<number, number[]>(); // key -> seqs of first deliveries
+      let deliveries = 0;
+      const consume = (sub: Subscription) =>
+        (async () => {
+          for await (const d of sub) {
+            deliveries++;
+            const body = bodyText(d.message);
+            const seen = firstSeen.get(body) ?? 0;
+            firstSeen.set(body, seen + 1);
+            if (seen === 0) {
+              const [k, i] = body.split(':').map(Number) as [number, number];
+              const list = firstOrder.get(k) ?? [];
+              list.push(i);
+              firstOrder.set(k, list);
+            }
+            await d.ack().catch(() => {});
+          }
+        })();
+
+      let sub = await broker.subscribe({ topic, group, maxInFlight: 64 });
+      let reading = consume(sub);
+      const resubscribe = async () => {
+        await sub.close();
+        await reading;
+        sub = await broker.subscribe({ topic, group, maxInFlight: 64 });
+        reading = consume(sub);
+      };
+
+      await eventually(() => firstSeen.size >= 2_000, '2,000 messages consumed', 300_000);
+      await resubscribe();
+      await eventually(() => nextSeq >= 4_000, '4,000 messages sent', 300_000);
+      const restartStarted = Date.now();
+      try {
+        await restartRocketMqProxy();
+      } catch (err) {
+        // The helper's own readiness probe can lose the race with grpc-js reconnect backoff in
+        // this process; what this test needs is the adapter working again, checked next.
+        console.log(`restartRocketMqProxy reported: ${String(err).split('\n')[0]}`);
+      }
+      await eventually(async () => (await broker.health()).ok, 'the proxy answering again', 180_000);
+      console.log(`proxy restart took ${Date.now() - restartStarted} ms`);
+      await eventually(() => firstSeen.size >= 7_000, '7,000 messages consumed', 400_000);
+      await resubscribe();
+      await Promise.all(senders);
+      const bodies = new Set<string>();
+      for (const [, i] of sent) bodies.add(String(i));
+      await eventually(
+        () => {
+          for (let k = 0; k < KEYS; k++) {
+            if ((firstOrder.get(k)?.length ?? 0) < perKey) return false;
+          }
+          return true;
+        },
+        'every sent message delivered',
+        400_000,
+      ).catch((err) => {
+        const missing = KEYS * perKey - [...firstOrder.values()].reduce((a, l) => a + l.length, 0);
+        console.log(`missing ${missing} messages`);
+        throw err;
+      });
+      await sub.close();
+      await reading;
+      await producer.close();
+
+      const duplicates = [...firstSeen.values()].reduce((a, n) => a + n - 1, 0);
+      console.log(
+        `no-loss: sent ${sent.size} (send failures retried: ${sendFailures.count}), deliveries ${deliveries}, ` +
+          `distinct ${firstSeen.size}, duplicates ${duplicates}`,
+      );
+      assert.equal(sent.size >= TOTAL, true, `every message was eventually sent (${sent.size})`);
+      for (let k = 0; k < KEYS; k++) {
+        const seqs = firstOrder.get(k) ?? [];
+        assert.deepEqual(
+          seqs,
+          Array.from({ length: perKey }, (_, i) => i),
+          `key k${k} first deliveries in order`,
+        );
+      }
+    } finally {
+      await broker.close();
+    }
+  });
+});

@@ -12,10 +12,13 @@
  *   across members. Redelivery (nack, ack timeout, a closed member) also reorders: the
  *   redelivered message arrives after later ones.
  * - With `ordered: true` the adapter holds a key's later messages inside ONE subscription
- *   until the earlier one is settled (ack, nack, or expired by ack timeout), so one member
- *   hands a key's messages to its caller one at a time in stream order. It cannot order a key
+ *   until the earlier one is acked; after a nack or an ack timeout the key stays held until
+ *   that message's redelivery arrives (or, if the server gives it to another member, until a
+ *   deadline passes), so one member hands a key's messages to its caller one at a time in
+ *   stream order, retries included. It cannot order a key
  *   across members (that would need key-to-member partitioning JetStream 2.9 cannot
- *   coordinate), nor undo reordering by redelivery. capabilities.ordered is true in that sense:
+ *   coordinate), nor order a redelivery that another member receives. capabilities.ordered is
+ *   true in that sense:
  *   a group consumed through one subscription gets every key in publish order.
  *
  * Server features used (2.9): durable pull consumers, a single `filter_subject` (and updating

@@ -90,6 +90,12 @@ export class NatsSubscription implements Subscription {
   readonly #bySeq = new Map<number, NatsDelivery>();
   /** ordered: key → deliveries waiting for the key's current (unsettled) message. */
   readonly #chains = new Map<string, NatsDelivery[]>();
+  /**
+   * ordered: key → the stream sequence of its nacked or expired head, whose redelivery must come
+   * before the key's later messages. Bounded: if the redelivery goes to another member instead,
+   * the key is released when the deadline passes.
+   */
+  readonly #awaiting = new Map<string, { seq: number; task: ScheduledTask }>();
   readonly #wake = new Notifier();
   readonly #abort = new AbortController();
   readonly #scheduler: Scheduler;
@@ -202,6 +208,14 @@ export class NatsSubscription implements Subscription {
     }
     const key = message.key;
     if (this.#deps.ordered && key !== undefined) {
+      const awaited = this.#awaiting.get(key);
+      if (awaited !== undefined && awaited.seq === seq) {
+        // The retried head of its key is back: it goes first; the key's later messages still wait.
+        awaited.task.cancel();
+        this.#awaiting.delete(key);
+        this.#enqueue(d);
+        return;
+      }
       const waiting = this.#chains.get(key);
       if (waiting !== undefined) {
         d.state = 'held';
@@ -243,23 +257,50 @@ export class NatsSubscription implements Subscription {
   #expire(d: NatsDelivery): void {
     if (d.state !== 'out') return;
     d.state = 'expired';
-    this.#forget(d);
+    // The server redelivers after its own ack_wait (the same timeout): keep the key for it.
+    this.#forget(d, this.#deps.ackTimeoutMs);
   }
 
-  #forget(d: NatsDelivery): void {
+  /**
+   * Drops a settled or expired delivery. With `awaitRedeliveryMs` (a nack or an expiry in an
+   * ordered subscription) the key stays blocked until that message comes back, so a retry never
+   * lets the key's later messages overtake it.
+   */
+  #forget(d: NatsDelivery, awaitRedeliveryMs?: number): void {
     d.task?.cancel();
     d.task = undefined;
     this.#inFlight--;
     this.#unsettled.delete(d);
     const seq = d.raw.info.streamSequence;
     if (this.#bySeq.get(seq) === d) this.#bySeq.delete(seq);
-    this.#releaseNext(d);
+    const key = d.message.key;
+    if (
+      awaitRedeliveryMs !== undefined &&
+      this.#deps.ordered &&
+      key !== undefined &&
+      this.#chains.has(key) &&
+      !this.#closing
+    ) {
+      this.#awaiting.get(key)?.task.cancel();
+      const task = this.#scheduler.after(awaitRedeliveryMs + this.#deps.ackTimeoutMs, () => {
+        if (this.#awaiting.get(key)?.seq !== seq) return;
+        this.#awaiting.delete(key);
+        this.#releaseKey(key);
+      });
+      this.#awaiting.set(key, { seq, task });
+    } else {
+      this.#releaseNext(d);
+    }
     this.#wake.notifyAll();
   }
 
   #releaseNext(d: NatsDelivery): void {
     const key = d.message.key;
     if (!this.#deps.ordered || key === undefined) return;
+    this.#releaseKey(key);
+  }
+
+  #releaseKey(key: string): void {
     const waiting = this.#chains.get(key);
     if (waiting === undefined) return;
     const next = waiting.shift();
@@ -280,7 +321,7 @@ export class NatsSubscription implements Subscription {
       );
     }
     d.state = 'settled';
-    this.#forget(d);
+    this.#forget(d, how === 'nak' ? delayMs : undefined);
     try {
       if (how === 'ack') d.raw.ack();
       else d.raw.nak(delayMs);

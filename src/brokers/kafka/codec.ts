@@ -4,12 +4,14 @@ import { type Message, type OutgoingMessage, toBytes } from '../../core/message.
 /**
  * What the contract's message fields become on a Kafka record. Properties travel as plain
  * headers under their own names (so Java consumers see them as such, and headers a Java
- * producer sets arrive as properties); our own fields use the reserved `mqgate-` prefix.
+ * producer sets arrive as properties); our own fields use three reserved header names. Only
+ * those names are reserved, not their `mqgate-` prefix: the event bus records its own
+ * properties (mqgate-error, mqgate-attempts) on dead letters, and they must travel as headers.
  */
-export const HEADER_PREFIX = 'mqgate-';
 export const HEADER_TAG = 'mqgate-tag';
 export const HEADER_BUSINESS_KEY = 'mqgate-business-key';
 export const HEADER_BORN_AT = 'mqgate-born-at';
+const RESERVED_HEADERS: ReadonlySet<string> = new Set([HEADER_TAG, HEADER_BUSINESS_KEY, HEADER_BORN_AT]);
 
 export interface EncodedRecord {
   key: Buffer | undefined;
@@ -26,9 +28,9 @@ export function encodeMessage(message: OutgoingMessage, now: number): EncodedRec
   }
   headers.set(Buffer.from(HEADER_BORN_AT), Buffer.from(String(now)));
   for (const [name, value] of Object.entries(message.properties ?? {})) {
-    if (name.startsWith(HEADER_PREFIX)) {
+    if (RESERVED_HEADERS.has(name)) {
       throw new InvalidArgumentError(
-        `message property "${name}" uses the prefix "${HEADER_PREFIX}" that the Kafka adapter reserves for its own headers; rename the property`,
+        `message property "${name}" is a header name the Kafka adapter reserves for the message's own fields (${[...RESERVED_HEADERS].join(', ')}); rename the property`,
       );
     }
     headers.set(Buffer.from(name), Buffer.from(value));
@@ -83,7 +85,7 @@ export function decodeRecord(
     else if (name === HEADER_BORN_AT) {
       const n = Number(value);
       if (Number.isFinite(n) && n > 0) bornAt = n;
-    } else if (!name.startsWith(HEADER_PREFIX)) properties[name] = value;
+    } else properties[name] = value;
   }
   const value = record.value ?? Buffer.alloc(0);
   return {

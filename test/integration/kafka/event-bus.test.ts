@@ -11,6 +11,6 @@ test('the event bus on Kafka: per-key order through retries, dead-letter, clean 
     deadLetterTopic: `${topic}.DLQ`,
     group: uniqueName('bus-g-'),
     dlqGroup: uniqueName('bus-dlq-'),
-    timeoutScale: 1,
+    timeoutScale: 3,
   });
 });

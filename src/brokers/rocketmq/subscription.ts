@@ -54,7 +54,12 @@ export interface RocketMqSubscriptionOptions {
 
 function toMessage(view: MessageView): Message {
   const properties: Record<string, string> = {};
-  for (const [k, v] of view.properties) if (k !== SHARDING_KEY_PROPERTY) properties[k] = v;
+  for (const [k, v] of view.properties) {
+    // RocketMQ's own `__` properties (e.g. __SHARDINGKEY, the FIFO group) are message fields, not
+    // user data: passed on, a re-publish of the message (a dead letter) would turn FIFO on a
+    // NORMAL topic and be refused.
+    if (k !== SHARDING_KEY_PROPERTY && !k.startsWith('__')) properties[k] = v;
+  }
   return {
     id: view.messageId,
     topic: view.topic,

@@ -52,6 +52,7 @@ export interface GatewayConfig {
   maxConcurrent: number;
   maxMessageSize: number;
   maxProperties: number;
+  maxBatchSize: number;
   maxProducersPerCaller: number;
   maxConsumersPerCaller: number;
   authTokens: Map<string, string>;

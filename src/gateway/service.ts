@@ -26,11 +26,15 @@ import {
   requireId,
 } from './validate.js';
 import type {
+  WireAckMessagesRequest,
   WireAckRequest,
+  WireBatchEntry,
   WireCleanupRequest,
   WireCreateRequest,
   WireEndTransactionRequest,
+  WireEntryResult,
   WireMessage,
+  WireSendMessagesRequest,
   WireSendRequest,
 } from './wire.js';
 
@@ -114,7 +118,7 @@ export function createService(deps: ServiceDeps): {
   const callerOf = (ctx: Ctx, req: { access_key_id?: string; access_key_secret?: string }): Caller =>
     makeCaller(ctx.principal, req.access_key_id ?? '', req.access_key_secret ?? '');
 
-  function outgoing(req: WireSendRequest): OutgoingMessage {
+  function outgoing(req: WireSendRequest | WireBatchEntry): OutgoingMessage {
     const bytes =
       req.message_body_bytes && req.message_body_bytes.length > 0 ? req.message_body_bytes : undefined;
     const text = req.message_body ?? '';
@@ -135,6 +139,33 @@ export function createService(deps: ServiceDeps): {
       properties,
       deliverAt: deliverAt > 0 ? deliverAt : undefined,
     };
+  }
+
+  function batchEntry(entry: WireBatchEntry): OutgoingMessage {
+    const msg = outgoing(entry);
+    if (entry.sharding_key) {
+      if (entry.sharding_key.length > 256)
+        throw new InvalidArgumentError('sharding_key is longer than 256 characters');
+      msg.key = entry.sharding_key;
+    }
+    const at = nonNegativeInt(entry.start_deliver_time, 'start_deliver_time');
+    if (at > 0) msg.deliverAt = at;
+    return msg;
+  }
+
+  const entryFailure = (err: unknown): WireEntryResult => ({
+    success: false,
+    message: toServiceError(err).details,
+    message_id: '',
+  });
+
+  function checkBatchSize(n: number, what: string): void {
+    if (n === 0) throw new InvalidArgumentError(`${what} is empty`);
+    if (n > config.maxBatchSize) {
+      throw new InvalidArgumentError(
+        `${what} has ${n} entries; the limit is ${config.maxBatchSize} (MAX_BATCH_SIZE)`,
+      );
+    }
   }
 
   async function send(req: WireSendRequest, msg: OutgoingMessage): Promise<{ message_id: string }> {
@@ -271,6 +302,66 @@ export function createService(deps: ServiceDeps): {
       const rh = requireId(req.receipt_handle, 'receipt_handle', 'ReceiveMessages');
       await consumers.nack(id, rh, nonNegativeInt(req.delay_ms, 'delay_ms'));
       return ok({});
+    }),
+
+    SendMessages: unary('SendMessages', async (req: WireSendMessagesRequest) => {
+      const handle = producers.get(requireId(req.producer_id, 'producer_id', 'CreateProducer'));
+      const entries = req.messages ?? [];
+      checkBatchSize(entries.length, 'messages');
+      const results = await producers.use(handle, (p) => {
+        // Entries of one sharding key go one after another so their order holds on every broker;
+        // different keys (and keyless entries) go out concurrently.
+        const chains = new Map<string, Promise<unknown>>();
+        return Promise.all(
+          entries.map((entry): Promise<WireEntryResult> => {
+            let msg: OutgoingMessage;
+            try {
+              msg = batchEntry(entry);
+            } catch (err) {
+              return Promise.resolve(entryFailure(err));
+            }
+            const sendOne = (): Promise<WireEntryResult> =>
+              p
+                .send(msg)
+                .then((r) => ({ success: true, message: 'OK', message_id: r.messageId }), entryFailure);
+            if (msg.key === undefined) return sendOne();
+            const result = (chains.get(msg.key) ?? Promise.resolve()).then(sendOne);
+            chains.set(msg.key, result);
+            return result;
+          }),
+        );
+      });
+      const sent = results.filter((r) => r.success).length;
+      metrics.counts.messagesSent += sent;
+      return {
+        success: sent === results.length,
+        message:
+          sent === results.length ? 'OK' : `${results.length - sent} of ${results.length} messages failed`,
+        results,
+      };
+    }),
+
+    AckMessages: unary('AckMessages', async (req: WireAckMessagesRequest) => {
+      const id = requireId(req.consumer_id, 'consumer_id', 'CreateConsumer');
+      consumers.get(id);
+      const handles = req.receipt_handles ?? [];
+      checkBatchSize(handles.length, 'receipt_handles');
+      const results = await Promise.all(
+        handles.map((rh) =>
+          consumers
+            .ack(id, rh)
+            .then((): WireEntryResult => ({ success: true, message: 'OK', message_id: '' }), entryFailure),
+        ),
+      );
+      const acked = results.filter((r) => r.success).length;
+      return {
+        success: acked === results.length,
+        message:
+          acked === results.length
+            ? 'OK'
+            : `${results.length - acked} of ${results.length} receipt handles failed`,
+        results,
+      };
     }),
 
     CleanupProducer: unary('CleanupProducer', async (req: WireCleanupRequest, ctx) => {

@@ -63,3 +63,28 @@ export interface WireMessage {
   topic: string;
   message_body_bytes: Buffer;
 }
+
+export interface WireBatchEntry {
+  message_body?: string;
+  message_body_bytes?: Buffer;
+  tag?: string;
+  properties?: WireProperties | null;
+  sharding_key?: string;
+  start_deliver_time?: string;
+}
+
+export interface WireSendMessagesRequest {
+  producer_id?: string;
+  messages?: WireBatchEntry[];
+}
+
+export interface WireAckMessagesRequest {
+  consumer_id?: string;
+  receipt_handles?: string[];
+}
+
+export interface WireEntryResult {
+  success: boolean;
+  message: string;
+  message_id: string;
+}

@@ -24,6 +24,7 @@ describe('bad input gets its exact status, a message naming the problem, and the
     gw = await startTestGateway({
       maxMessageSize: 1024,
       maxProperties: 4,
+      maxBatchSize: 10,
       maxProducersPerCaller: 3,
       maxConsumersPerCaller: 2,
       authTokens: new Map([[TOKEN, 'tests']]),

@@ -110,6 +110,57 @@ describe('every RPC, as existing clients call it', () => {
     stream.end();
   });
 
+  test('SendMessages publishes a batch with a result per entry; AckMessages acks many at once', async () => {
+    const topic = `t-${randomUUID()}`;
+    const cid = await consumer(topic, `g-${randomUUID()}`);
+    const stream = receive(gw.client, cid);
+    const pid = await producer(topic);
+    const messages = [];
+    for (let i = 0; i < 60; i++)
+      messages.push({ message_body: `k${i % 3}:${i}`, sharding_key: `k${i % 3}`, tag: 'batch' });
+    messages.splice(10, 0, { message_body: 'bad', tag: 'a||b' } as never);
+    const res = await call<{
+      success: boolean;
+      message: string;
+      results: Array<{ success: boolean; message: string; message_id: string }>;
+    }>(gw.client, 'SendMessages', { producer_id: pid, messages });
+    assert.equal(res.success, false, 'one entry failed');
+    assert.match(res.message, /1 of 61 messages failed/);
+    assert.equal(res.results.length, 61);
+    assert.match(res.results[10]!.message, /^INVALID_ARGUMENT: tag "a\|\|b" is invalid/);
+    assert.equal(res.results.filter((r) => r.success && r.message_id).length, 60);
+    const seen: string[] = [];
+    await eventually(async () => {
+      const batch = stream.messages.splice(0);
+      if (batch.length > 0) {
+        seen.push(...batch.map((m) => m.message_body));
+        const acked = await call<{ success: boolean; results: Array<{ success: boolean }> }>(
+          gw.client,
+          'AckMessages',
+          {
+            consumer_id: cid,
+            receipt_handles: [...batch.map((m) => m.receipt_handle), 'no-such-handle'],
+          },
+        );
+        assert.equal(acked.success, false);
+        assert.deepEqual(
+          acked.results.map((r) => r.success),
+          [...batch.map(() => true), false],
+        );
+      }
+      return seen.length === 60;
+    }, 'all sixty');
+    for (const k of ['k0', 'k1', 'k2']) {
+      const nums = seen.filter((b) => b.startsWith(`${k}:`)).map((b) => Number(b.split(':')[1]));
+      assert.deepEqual(
+        nums,
+        [...nums].sort((a, b) => a - b),
+        `${k} kept its batch order`,
+      );
+    }
+    stream.end();
+  });
+
   test('SendOrderedMessage keeps per-sharding-key order', async () => {
     const topic = `t-${randomUUID()}`;
     const cid = await consumer(topic, `g-${randomUUID()}`);

@@ -182,6 +182,14 @@ export const SETTINGS: readonly AnySetting[] = [
     help: 'Most user properties on one message.',
   }),
   defineSetting({
+    key: 'maxBatchSize',
+    env: 'MAX_BATCH_SIZE',
+    flag: '--max-batch-size',
+    kind: 'int',
+    default: '1000',
+    help: 'Most messages in one SendMessages call, or receipt handles in one AckMessages call.',
+  }),
+  defineSetting({
     key: 'maxProducersPerCaller',
     env: 'MAX_PRODUCERS_PER_CALLER',
     flag: '--max-producers-per-caller',
@@ -335,13 +343,14 @@ function parseValue(s: AnySetting, value: string, source: string): unknown {
       return Number(v);
     }
     case 'duration': {
+      let ms: number;
       try {
-        const ms = parseDuration(v, s.env);
-        if (ms <= 0) invalid(s, source, value, 'it must be more than zero');
-        return ms;
+        ms = parseDuration(v, s.env);
       } catch {
         return invalid(s, source, value);
       }
+      if (ms <= 0) invalid(s, source, value, 'it must be more than zero');
+      return ms;
     }
     case 'size': {
       const n = parseSize(v);

@@ -3,9 +3,10 @@
  * the proto), closed-loop runs at a fixed concurrency, open-loop runs at a fixed rate, latency
  * percentiles and least-squares slopes.
  */
+
+import { join } from 'node:path';
 import { type Client, credentials, loadPackageDefinition, Metadata, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import { join } from 'node:path';
 import { ROOT } from './processes.js';
 
 export const PROTO_PATH = join(ROOT, 'proto', 'rocketmq_proxy.proto');
@@ -22,8 +23,16 @@ let ctor:
 
 export function rawClient(port: number, options: object = {}): RawClient {
   if (!ctor) {
-    const def = loadSync(PROTO_PATH, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
-    const pkg = loadPackageDefinition(def) as unknown as { rocketmq: { RocketMQProxy: NonNullable<typeof ctor> } };
+    const def = loadSync(PROTO_PATH, {
+      keepCase: true,
+      longs: String,
+      enums: String,
+      defaults: true,
+      oneofs: true,
+    });
+    const pkg = loadPackageDefinition(def) as unknown as {
+      rocketmq: { RocketMQProxy: NonNullable<typeof ctor> };
+    };
     ctor = pkg.rocketmq.RocketMQProxy;
   }
   return new ctor(`127.0.0.1:${port}`, credentials.createInsecure(), options);
@@ -31,7 +40,11 @@ export function rawClient(port: number, options: object = {}): RawClient {
 
 const EMPTY_MD = new Metadata();
 
-export function unary<T = Record<string, unknown>>(client: RawClient, method: string, request: object): Promise<T> {
+export function unary<T = Record<string, unknown>>(
+  client: RawClient,
+  method: string,
+  request: object,
+): Promise<T> {
   return new Promise((resolve, reject) => {
     const fn = client[method] as (
       req: object,

@@ -48,6 +48,7 @@ let buildChecked = false;
 export function ensureBuilt(): void {
   if (buildChecked) return;
   buildChecked = true;
+  if (process.env.BENCH_SKIP_BUILD === '1' && existsSync(DIST_CLI)) return;
   const built = existsSync(DIST_CLI) ? statSync(DIST_CLI).mtimeMs : 0;
   if (built >= newestMtime(join(ROOT, 'src'))) return;
   console.log('dist/ is older than src/: running npm run build');
@@ -106,8 +107,9 @@ export async function startGatewayProcess(options: StartOptions = {}): Promise<G
     cwd: ROOT,
     env: {
       ...process.env,
-      LOG_LEVEL: 'info',
       ...options.env,
+      // The readiness line is logged at info; the gateway logs nothing per call at info.
+      LOG_LEVEL: 'info',
       GRPC_PORT: String(grpcPort),
       METRICS_PORT: String(metricsPort),
     },
@@ -202,7 +204,11 @@ export interface ServerProcess {
 }
 
 /** Starts a bench TypeScript entry point (under tsx) that prints `listening <port>`. */
-export async function startTsServer(entry: string, args: string[], nodeArgs: string[] = []): Promise<ServerProcess> {
+export async function startTsServer(
+  entry: string,
+  args: string[],
+  nodeArgs: string[] = [],
+): Promise<ServerProcess> {
   const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', entry, ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -11,7 +11,10 @@ export interface CpuWindow {
 }
 
 /** Measures CPU of the bench process and (when given) a server process over `fn`. */
-export async function withCpu<T>(serverPid: number | undefined, fn: () => Promise<T>): Promise<[T, CpuWindow]> {
+export async function withCpu<T>(
+  serverPid: number | undefined,
+  fn: () => Promise<T>,
+): Promise<[T, CpuWindow]> {
   const s0 = serverPid ? cpuMsOf(serverPid) : 0;
   const c0 = ownCpuMs();
   const t0 = performance.now();

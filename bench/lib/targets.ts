@@ -92,7 +92,9 @@ async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<
 const short = (): string => randomUUID().slice(0, 8);
 
 /** Resolves the target, or a reason it cannot be measured. */
-export async function resolveTarget(kind: BrokerKind): Promise<Target | { kind: BrokerKind; notMeasured: string }> {
+export async function resolveTarget(
+  kind: BrokerKind,
+): Promise<Target | { kind: BrokerKind; notMeasured: string }> {
   if (kind === 'memory') {
     return {
       kind,
@@ -108,7 +110,8 @@ export async function resolveTarget(kind: BrokerKind): Promise<Target | { kind: 
   const s = state();
   const address =
     kind === 'kafka' ? s?.kafka?.bootstrap : kind === 'rocketmq' ? s?.rocketmq?.endpoint : s?.nats?.url;
-  if (!address) return { kind, notMeasured: `no ${kind} address in .brokers/state.json (npm run brokers -- up)` };
+  if (!address)
+    return { kind, notMeasured: `no ${kind} address in .brokers/state.json (npm run brokers -- up)` };
   const hostPort = address.replace(/^\w+:\/\//, '');
   if (!(await tcpAnswers(hostPort))) return { kind, notMeasured: `${kind} at ${hostPort} does not answer` };
   const url = `${kind}://${hostPort}`;

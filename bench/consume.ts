@@ -1,0 +1,297 @@
+/**
+ * Draining a pre-filled topic: CreateConsumer + ReceiveMessages + AckMessage through the gateway
+ * (its own process) against the broker's own subscription opened in the bench process, same
+ * message count and body size, in the same run.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Broker, Delivery, Producer, Subscription } from '../src/brokers/broker.js';
+import { openBroker } from '../src/brokers/index.js';
+import { decodeResponse, encodeRequest, H2GrpcClient } from './lib/h2grpc.js';
+import { fmt, type RawClient, rawClient, round, unary } from './lib/load.js';
+import { type GatewayProcess, startGatewayProcess } from './lib/processes.js';
+import { NOISE_NOTE, pct, profileArgs, verdict, withCpu } from './lib/report.js';
+import { machineInfo, machineMarkdown, markdownTable, writeResults } from './lib/results.js';
+import { type BrokerKind, chosenBrokers, isTarget, resolveTarget, type Target } from './lib/targets.js';
+
+export const description =
+  'drain a pre-filled topic through the gateway (Receive + Ack) vs the broker directly';
+
+const MESSAGES = Number(process.env.BENCH_CONSUME_MESSAGES ?? 20_000);
+const BUFFER = 256;
+const STALL_MS = 60_000;
+const BODY = randomBytes(1024);
+
+interface Drain {
+  messages: number;
+  /** From the first message received to the last ack answered. */
+  elapsedMs: number;
+  msgsPerSec: number;
+  serverCpuMs: number;
+  clientCpuMs: number;
+}
+
+interface Row {
+  broker: BrokerKind;
+  notMeasured?: string;
+  gateway?: Drain;
+  direct?: Drain;
+  ratio?: number;
+}
+
+/** Resolves when `isDone()`; rejects when `progress()` has not moved for STALL_MS. */
+async function until(isDone: () => boolean, progress: () => number, what: string): Promise<void> {
+  let last = progress();
+  let lastAt = Date.now();
+  while (!isDone()) {
+    await new Promise((r) => setTimeout(r, 20));
+    const p = progress();
+    if (p !== last) {
+      last = p;
+      lastAt = Date.now();
+    } else if (Date.now() - lastAt > STALL_MS) {
+      throw new Error(`${what}: stalled at ${p} of ${MESSAGES} for ${STALL_MS / 1000} s`);
+    }
+  }
+}
+
+async function viaGateway(target: Target, gateway: GatewayProcess): Promise<Drain> {
+  const topic = await target.topic();
+  const group = await target.group();
+  const client: RawClient = rawClient(gateway.grpcPort);
+  const h2 = new H2GrpcClient(gateway.grpcPort);
+  let stream: ReturnType<H2GrpcClient['serverStream']> | undefined;
+  let consumerId: string | undefined;
+  try {
+    const { consumer_id } = await unary<{ consumer_id: string }>(client, 'CreateConsumer', {
+      topic,
+      group_id: group,
+      tag_expression: '*',
+    });
+    consumerId = consumer_id;
+    const { producer_id } = await unary<{ producer_id: string }>(client, 'CreateProducer', { topic });
+    const send = encodeRequest('SendMessage', { producer_id, message_body_bytes: BODY, tag: 'bench' });
+    let sent = 0;
+    const filler = async (): Promise<void> => {
+      while (sent < MESSAGES) {
+        sent++;
+        await h2.unary('SendMessage', send);
+      }
+    };
+    await Promise.all(Array.from({ length: 64 }, filler));
+    let received = 0;
+    let acked = 0;
+    let failed: Error | undefined;
+    let first = 0;
+    let last = 0;
+    const [, cpu] = await withCpu(gateway.pid, async () => {
+      stream = h2.serverStream(
+        'ReceiveMessages',
+        encodeRequest('ReceiveMessages', { consumer_id }),
+        (body) => {
+          const m = decodeResponse<{ receipt_handle: string }>('ReceiveMessages', body);
+          if (received++ === 0) first = performance.now();
+          h2.unary(
+            'AckMessage',
+            encodeRequest('AckMessage', { consumer_id, receipt_handle: m.receipt_handle }),
+          ).then(
+            () => {
+              if (++acked === MESSAGES) last = performance.now();
+            },
+            (err: Error) => {
+              failed ??= err;
+            },
+          );
+        },
+      );
+      stream.done.catch((err: Error) => {
+        failed ??= err;
+      });
+      await until(
+        () => acked >= MESSAGES || failed !== undefined,
+        () => acked,
+        'gateway drain',
+      );
+    });
+    if (failed) throw failed;
+    const elapsedMs = last - first;
+    return {
+      messages: acked,
+      elapsedMs: round(elapsedMs),
+      msgsPerSec: round((acked / elapsedMs) * 1000, 1),
+      serverCpuMs: cpu.serverCpuMs,
+      clientCpuMs: round(cpu.clientCpuMs),
+    };
+  } finally {
+    stream?.cancel();
+    if (consumerId) await unary(client, 'CleanupConsumer', { consumer_id: consumerId }).catch(() => {});
+    client.close();
+    await h2.close();
+  }
+}
+
+async function direct(target: Target): Promise<Drain> {
+  const topic = await target.topic();
+  const group = await target.group();
+  let broker: Broker | undefined;
+  let producer: Producer | undefined;
+  let sub: Subscription | undefined;
+  try {
+    broker = await openBroker(target.url);
+    sub = await broker.subscribe({ topic, group, maxInFlight: BUFFER, start: 'earliest' });
+    producer = await broker.producer(topic);
+    const p = producer;
+    let sent = 0;
+    const filler = async (): Promise<void> => {
+      while (sent < MESSAGES) {
+        sent++;
+        await p.send({ body: BODY, tag: 'bench' });
+      }
+    };
+    await Promise.all(Array.from({ length: 64 }, filler));
+    let acked = 0;
+    let failed: Error | undefined;
+    let first = 0;
+    let last = 0;
+    let received = 0;
+    const s = sub;
+    const [, cpu] = await withCpu(undefined, async () => {
+      const loop = (async () => {
+        for await (const d of s as AsyncIterable<Delivery>) {
+          if (received++ === 0) first = performance.now();
+          // Acks go out without waiting, as the gateway client's do; maxInFlight bounds them.
+          d.ack().then(
+            () => {
+              if (++acked === MESSAGES) last = performance.now();
+            },
+            (err: Error) => {
+              failed ??= err;
+            },
+          );
+          if (received >= MESSAGES) return;
+        }
+      })();
+      loop.catch((err: Error) => {
+        failed ??= err;
+      });
+      await until(
+        () => acked >= MESSAGES || failed !== undefined,
+        () => acked,
+        'direct drain',
+      );
+    });
+    if (failed) throw failed;
+    const elapsedMs = last - first;
+    return {
+      messages: acked,
+      elapsedMs: round(elapsedMs),
+      msgsPerSec: round((acked / elapsedMs) * 1000, 1),
+      serverCpuMs: 0,
+      clientCpuMs: round(cpu.clientCpuMs),
+    };
+  } finally {
+    await sub?.close().catch(() => {});
+    await producer?.close().catch(() => {});
+    await broker?.close().catch(() => {});
+  }
+}
+
+async function measure(target: Target): Promise<Row> {
+  const gateway = await startGatewayProcess({
+    env: { BROKERS: target.url, MESSAGE_BUFFER_SIZE: String(BUFFER) },
+    nodeArgs: profileArgs(),
+  });
+  try {
+    const g = await viaGateway(target, gateway);
+    const d = await direct(target);
+    const row = { broker: target.kind, gateway: g, direct: d, ratio: round(g.msgsPerSec / d.msgsPerSec, 3) };
+    console.log(
+      `${target.kind}: gateway ${fmt(g.msgsPerSec)}/s | direct ${fmt(d.msgsPerSec)}/s | ratio ${row.ratio}`,
+    );
+    return row;
+  } finally {
+    await gateway.close();
+  }
+}
+
+function markdown(rows: Row[]): string {
+  const m = machineInfo();
+  const out = [
+    '# Consume: draining a pre-filled topic',
+    '',
+    `${fmt(MESSAGES)} messages of 1 KiB are published first, then drained. Gateway: one CreateConsumer session ` +
+      `(MESSAGE_BUFFER_SIZE=${BUFFER}) created before the fill, one ReceiveMessages stream, and one AckMessage per ` +
+      'message sent as soon as it arrives (not awaited one by one), from the bench process over one HTTP/2 connection ' +
+      '(minimal node:http2 gRPC client). Direct: the same adapter subscribed in the bench process ' +
+      `(maxInFlight ${BUFFER}, start earliest), acking each delivery as it arrives. Rate = messages ÷ time from the first ` +
+      'message received to the last ack answered. Cores: the gateway and the bench process share the 2 cores under the ' +
+      'OS scheduler.',
+    '',
+    NOISE_NOTE,
+    '',
+    machineMarkdown(m),
+    '',
+  ];
+  const measured = rows.filter((r) => r.gateway && r.direct);
+  if (measured.length > 0) {
+    out.push(
+      markdownTable(
+        [
+          'broker',
+          'gateway msgs/s',
+          'direct msgs/s',
+          'gateway/direct',
+          'gateway CPU µs/msg',
+          'bench CPU µs/msg (gateway run)',
+          'target >= 85%',
+        ],
+        measured.map((r) => {
+          const g = r.gateway as Drain;
+          const d = r.direct as Drain;
+          return [
+            r.broker,
+            fmt(g.msgsPerSec),
+            fmt(d.msgsPerSec),
+            `${pct(g.msgsPerSec, d.msgsPerSec)}%`,
+            fmt((g.serverCpuMs * 1000) / g.messages, 1),
+            fmt((g.clientCpuMs * 1000) / g.messages, 1),
+            verdict((r.ratio ?? 0) >= 0.85),
+          ];
+        }),
+      ),
+      '',
+    );
+  }
+  for (const r of rows) if (r.notMeasured) out.push(`- ${r.broker}: not measured: ${r.notMeasured}`);
+  out.push(
+    '',
+    'On memory:// the direct path is the embedded broker in the bench process (no network at all), so the ratio is ' +
+      'the whole gRPC stream-and-ack path against in-process calls; it is reported, but the target is meant for network brokers.',
+    '',
+  );
+  return out.join('\n');
+}
+
+export async function run(): Promise<void> {
+  const rows: Row[] = [];
+  for (const kind of chosenBrokers()) {
+    const t = await resolveTarget(kind);
+    if (!isTarget(t)) {
+      console.log(`${kind}: not measured: ${t.notMeasured}`);
+      rows.push({ broker: kind, notMeasured: t.notMeasured });
+      continue;
+    }
+    try {
+      rows.push(await measure(t));
+    } catch (err) {
+      const why = `bench failed: ${(err as Error).message.split('\n')[0]}`;
+      console.log(`${kind}: not measured: ${why}`);
+      rows.push({ broker: kind, notMeasured: why });
+    }
+  }
+  const { mdPath } = await writeResults(
+    'consume',
+    { machine: machineInfo(), messages: MESSAGES, rows },
+    markdown(rows),
+  );
+  console.log(`wrote ${mdPath}`);
+}

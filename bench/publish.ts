@@ -1,0 +1,246 @@
+/**
+ * Unary SendMessage through the gateway (its own process) against the same broker's direct path
+ * (the adapter in the bench process, no gateway) in the same run: closed loop at concurrency 1,
+ * 16 and 64, then the latency added at a fixed 1,000 msgs/s (open loop).
+ */
+import { randomBytes } from 'node:crypto';
+import type { Broker, Producer } from '../src/brokers/broker.js';
+import { openBroker } from '../src/brokers/index.js';
+import { encodeRequest, H2GrpcClient } from './lib/h2grpc.js';
+import {
+  closedLoop,
+  fmt,
+  openLoop,
+  type RawClient,
+  type RunResult,
+  rawClient,
+  round,
+  unary,
+} from './lib/load.js';
+import { type GatewayProcess, startGatewayProcess } from './lib/processes.js';
+import { type CpuWindow, NOISE_NOTE, pct, profileArgs, verdict, withCpu } from './lib/report.js';
+import { machineInfo, machineMarkdown, markdownTable, writeResults } from './lib/results.js';
+import { type BrokerKind, chosenBrokers, isTarget, resolveTarget, type Target } from './lib/targets.js';
+
+export const description =
+  'SendMessage through the gateway vs the broker directly: msgs/s, latency, added latency';
+
+const CONCURRENCY = [1, 16, 64] as const;
+const DURATION_MS = Number(process.env.BENCH_CELL_MS ?? 5000);
+const WARMUP_MS = 1000;
+const OPEN_RATE = 1000;
+const OPEN_MS = Number(process.env.BENCH_OPEN_MS ?? 10_000);
+const BODY = randomBytes(1024);
+
+interface Cell extends RunResult {
+  cpu: CpuWindow;
+}
+
+interface BrokerRow {
+  broker: BrokerKind;
+  notMeasured?: string;
+  closed?: Array<{ concurrency: number; gateway: Cell; direct: Cell; ratio: number }>;
+  open?: { ratePerSec: number; gateway: Cell; direct: Cell; addedP50Ms: number; addedP99Ms: number };
+}
+
+function summarize(r: RunResult, cpu: CpuWindow): Cell {
+  return {
+    ...r,
+    opsPerSec: round(r.opsPerSec, 1),
+    p50Ms: round(r.p50Ms, 3),
+    p99Ms: round(r.p99Ms, 3),
+    cpu: {
+      serverCpuMs: round(cpu.serverCpuMs),
+      clientCpuMs: round(cpu.clientCpuMs),
+      wallMs: round(cpu.wallMs),
+    },
+  };
+}
+
+async function measureBroker(target: Target): Promise<BrokerRow> {
+  const topic = await target.topic();
+  let gateway: GatewayProcess | undefined;
+  let client: RawClient | undefined;
+  let h2: H2GrpcClient | undefined;
+  let broker: Broker | undefined;
+  let producer: Producer | undefined;
+  try {
+    gateway = await startGatewayProcess({
+      env: { BROKERS: target.url },
+      nodeArgs: profileArgs(),
+    });
+    client = rawClient(gateway.grpcPort);
+    const created = await unary<{ producer_id: string }>(client, 'CreateProducer', { topic });
+    broker = await openBroker(target.url);
+    producer = await broker.producer(topic);
+    h2 = new H2GrpcClient(gateway.grpcPort);
+    const h = h2;
+    const p = producer;
+    // Encoded once: the load generator only frames and checks statuses (see lib/h2grpc.ts).
+    const frame = encodeRequest('SendMessage', {
+      producer_id: created.producer_id,
+      message_body_bytes: BODY,
+      tag: 'bench',
+    });
+    const viaGateway = (): Promise<unknown> => h.unary('SendMessage', frame);
+    const direct = (): Promise<unknown> => p.send({ body: BODY, tag: 'bench' });
+    const gwPid = gateway.pid;
+    const closed: NonNullable<BrokerRow['closed']> = [];
+    for (const concurrency of CONCURRENCY) {
+      const opts = { concurrency, durationMs: DURATION_MS, warmupMs: WARMUP_MS };
+      const [g, gCpu] = await withCpu(gwPid, () => closedLoop(viaGateway, opts));
+      const [d, dCpu] = await withCpu(undefined, () => closedLoop(direct, opts));
+      const row = {
+        concurrency,
+        gateway: summarize(g, gCpu),
+        direct: summarize(d, dCpu),
+        ratio: round(g.opsPerSec / d.opsPerSec, 3),
+      };
+      closed.push(row);
+      console.log(
+        `${target.kind} c=${concurrency}: gateway ${fmt(g.opsPerSec)}/s p50 ${row.gateway.p50Ms} p99 ${row.gateway.p99Ms} ms` +
+          ` | direct ${fmt(d.opsPerSec)}/s p50 ${row.direct.p50Ms} p99 ${row.direct.p99Ms} ms | ratio ${row.ratio}` +
+          (g.errors + d.errors > 0
+            ? ` | errors ${g.errors}/${d.errors}: ${g.firstError ?? d.firstError}`
+            : ''),
+      );
+    }
+    const openOpts = { ratePerSec: OPEN_RATE, durationMs: OPEN_MS, warmupMs: 1000 };
+    const [og, ogCpu] = await withCpu(gwPid, () => openLoop(viaGateway, openOpts));
+    const [od, odCpu] = await withCpu(undefined, () => openLoop(direct, openOpts));
+    const open = {
+      ratePerSec: OPEN_RATE,
+      gateway: summarize(og, ogCpu),
+      direct: summarize(od, odCpu),
+      addedP50Ms: round(og.p50Ms - od.p50Ms, 3),
+      addedP99Ms: round(og.p99Ms - od.p99Ms, 3),
+    };
+    console.log(
+      `${target.kind} open loop ${OPEN_RATE}/s: gateway p50 ${open.gateway.p50Ms} p99 ${open.gateway.p99Ms} ms | direct p50 ` +
+        `${open.direct.p50Ms} p99 ${open.direct.p99Ms} ms | added p50 ${open.addedP50Ms} p99 ${open.addedP99Ms} ms`,
+    );
+    return { broker: target.kind, closed, open };
+  } finally {
+    client?.close();
+    await h2?.close();
+    await producer?.close().catch(() => {});
+    await broker?.close().catch(() => {});
+    await gateway?.close();
+  }
+}
+
+function markdown(rows: BrokerRow[]): string {
+  const m = machineInfo();
+  const out: string[] = [
+    '# Publish: gateway vs direct',
+    '',
+    `Unary SendMessage with a 1 KiB body (message_body_bytes) through the gateway (\`node dist/cli.js serve\`, its own process) ` +
+      `from the bench process over one HTTP/2 connection (a minimal gRPC client on node:http2 sending a pre-encoded ` +
+      `request and checking grpc-status, because grpc-js's client costs about twice the gateway's CPU per call), against the same broker's direct path in the same run: ` +
+      `the mqgate adapter opened in the bench process (for memory:// the embedded broker's producer; for a network broker ` +
+      `its Node client under the adapter), no gateway and no gRPC hop. Closed loop: ${DURATION_MS / 1000} s per cell after ` +
+      `${WARMUP_MS / 1000} s of warm-up. Open loop: ${OPEN_RATE} msgs/s for ${OPEN_MS / 1000} s, latency from issue to reply. ` +
+      `Cores: the gateway and the bench process are separate processes left to the OS scheduler on the 2 cores.`,
+    '',
+    NOISE_NOTE,
+    '',
+    machineMarkdown(m),
+    '',
+  ];
+  for (const r of rows) {
+    out.push(`## ${r.broker}`, '');
+    if (r.notMeasured) {
+      out.push(`not measured: ${r.notMeasured}`, '');
+      continue;
+    }
+    const closed = r.closed ?? [];
+    out.push(
+      markdownTable(
+        [
+          'concurrency',
+          'gateway msgs/s',
+          'direct msgs/s',
+          'gateway/direct',
+          'gateway p50 / p99 ms',
+          'direct p50 / p99 ms',
+          'gateway CPU µs/msg',
+          'gateway CPU %',
+          'bench CPU %',
+          'errors',
+        ],
+        closed.map((c) => [
+          c.concurrency,
+          fmt(c.gateway.opsPerSec),
+          fmt(c.direct.opsPerSec),
+          `${pct(c.gateway.opsPerSec, c.direct.opsPerSec)}%`,
+          `${c.gateway.p50Ms} / ${c.gateway.p99Ms}`,
+          `${c.direct.p50Ms} / ${c.direct.p99Ms}`,
+          fmt((c.gateway.cpu.serverCpuMs * 1000) / Math.max(1, c.gateway.ops), 1),
+          `${pct(c.gateway.cpu.serverCpuMs, c.gateway.cpu.wallMs)}%`,
+          `${pct(c.gateway.cpu.clientCpuMs, c.gateway.cpu.wallMs)}%`,
+          `${c.gateway.errors} / ${c.direct.errors}`,
+        ]),
+      ),
+      '',
+    );
+    const o = r.open;
+    if (o) {
+      out.push(
+        markdownTable(
+          ['open loop', 'p50 ms', 'p99 ms', 'sent ok', 'errors'],
+          [
+            [
+              `gateway @ ${o.ratePerSec}/s`,
+              o.gateway.p50Ms,
+              o.gateway.p99Ms,
+              o.gateway.ops,
+              o.gateway.errors,
+            ],
+            [`direct @ ${o.ratePerSec}/s`, o.direct.p50Ms, o.direct.p99Ms, o.direct.ops, o.direct.errors],
+            ['added by the gateway', o.addedP50Ms, o.addedP99Ms, '', ''],
+          ],
+        ),
+        '',
+      );
+    }
+    const c64 = closed.find((c) => c.concurrency === 64);
+    out.push(
+      `- Target: publish >= 85% of direct at concurrency 64: ${verdict(c64 ? c64.ratio >= 0.85 : undefined)}` +
+        (c64 ? ` (${pct(c64.gateway.opsPerSec, c64.direct.opsPerSec)}%)` : ''),
+      `- Target: added latency <= 0.3 ms p50 / <= 1 ms p99 at ${OPEN_RATE} msgs/s: ${verdict(
+        o ? o.addedP50Ms <= 0.3 && o.addedP99Ms <= 1 : undefined,
+      )}${o ? ` (${o.addedP50Ms} / ${o.addedP99Ms} ms)` : ''}`,
+      '',
+    );
+    if (r.broker === 'memory') {
+      out.push(
+        'On memory:// the direct path is a function call into the embedded broker in the same process, so the ratio ' +
+          'measures the whole gRPC round trip against an in-process call; `npm run bench -- ceiling` compares the ' +
+          'gateway with a no-op server on the same gRPC stack instead.',
+        '',
+      );
+    }
+  }
+  return out.join('\n');
+}
+
+export async function run(): Promise<void> {
+  const rows: BrokerRow[] = [];
+  for (const kind of chosenBrokers()) {
+    const t = await resolveTarget(kind);
+    if (!isTarget(t)) {
+      console.log(`${kind}: not measured: ${t.notMeasured}`);
+      rows.push({ broker: kind, notMeasured: t.notMeasured });
+      continue;
+    }
+    try {
+      rows.push(await measureBroker(t));
+    } catch (err) {
+      const why = `bench failed: ${(err as Error).message.split('\n')[0]}`;
+      console.log(`${kind}: not measured: ${why}`);
+      rows.push({ broker: kind, notMeasured: why });
+    }
+  }
+  const { mdPath } = await writeResults('publish', { machine: machineInfo(), rows }, markdown(rows));
+  console.log(`wrote ${mdPath}`);
+}

@@ -14,6 +14,8 @@ interface Entry {
   cancelled: boolean;
 }
 
+const NOOP = (): void => {};
+
 export class Scheduler {
   #heap: Entry[] = [];
   #seq = 0;
@@ -45,6 +47,9 @@ export class Scheduler {
     return {
       cancel: () => {
         entry.cancelled = true;
+        // The heap keeps the entry until its due time: drop the callback now so whatever it
+        // closes over (a closed subscription, a delivery) can be collected at once.
+        entry.fn = NOOP;
       },
     };
   }

@@ -37,6 +37,8 @@ export class GatewayMetrics {
   #rpcFailed = 0;
   #rpcSeconds = 0;
   readonly #rpcDuration: Histogram<'method'>;
+  /** Label look-ups cost a string key per call; one child per method is resolved once. */
+  readonly #durationByMethod = new Map<string, ReturnType<Histogram<'method'>['labels']>>();
   readonly #eld: IntervalHistogram;
   readonly #started = Date.now();
   readonly #live: () => LiveCounts;
@@ -181,7 +183,12 @@ export class GatewayMetrics {
     if (code !== 'OK') this.#rpcFailed++;
     if (seconds >= 0) {
       this.#rpcSeconds += seconds;
-      this.#rpcDuration.observe({ method }, seconds);
+      let child = this.#durationByMethod.get(method);
+      if (!child) {
+        child = this.#rpcDuration.labels({ method });
+        this.#durationByMethod.set(method, child);
+      }
+      child.observe(seconds);
     }
   }
 

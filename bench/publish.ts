@@ -31,6 +31,9 @@ const WARMUP_MS = 1000;
 const OPEN_RATE = 1000;
 const OPEN_MS = Number(process.env.BENCH_OPEN_MS ?? 10_000);
 const BODY = randomBytes(1024);
+/** SendMessages: messages per call and calls in flight (unary gRPC's per-call cost is the ceiling). */
+const BATCH_SIZE = 100;
+const BATCH_CONCURRENCY = 4;
 
 interface Cell extends RunResult {
   cpu: CpuWindow;
@@ -41,6 +44,13 @@ interface BrokerRow {
   notMeasured?: string;
   closed?: Array<{ concurrency: number; gateway: Cell; direct: Cell; ratio: number }>;
   open?: { ratePerSec: number; gateway: Cell; direct: Cell; addedP50Ms: number; addedP99Ms: number };
+  batch?: {
+    batchSize: number;
+    concurrency: number;
+    calls: Cell;
+    msgsPerSec: number;
+    ratioToDirect64: number;
+  };
 }
 
 function summarize(r: RunResult, cpu: CpuWindow): Cell {
@@ -105,6 +115,27 @@ async function measureBroker(target: Target): Promise<BrokerRow> {
             : ''),
       );
     }
+    // The batch RPC: the same 1 KiB messages, BATCH_SIZE per SendMessages call.
+    const batchFrame = encodeRequest('SendMessages', {
+      producer_id: created.producer_id,
+      messages: Array.from({ length: BATCH_SIZE }, () => ({ message_body_bytes: BODY, tag: 'bench' })),
+    });
+    const viaBatch = (): Promise<unknown> => h.unary('SendMessages', batchFrame);
+    const [b, bCpu] = await withCpu(gwPid, () =>
+      closedLoop(viaBatch, { concurrency: BATCH_CONCURRENCY, durationMs: DURATION_MS, warmupMs: WARMUP_MS }),
+    );
+    const direct64 = closed.find((c) => c.concurrency === 64)?.direct.opsPerSec ?? Number.NaN;
+    const batch = {
+      batchSize: BATCH_SIZE,
+      concurrency: BATCH_CONCURRENCY,
+      calls: summarize(b, bCpu),
+      msgsPerSec: round(b.opsPerSec * BATCH_SIZE, 1),
+      ratioToDirect64: round((b.opsPerSec * BATCH_SIZE) / direct64, 3),
+    };
+    console.log(
+      `${target.kind} batch ${BATCH_SIZE}x${BATCH_CONCURRENCY}: ${fmt(batch.msgsPerSec)} msgs/s, ` +
+        `ratio to direct c=64 ${batch.ratioToDirect64}${b.errors > 0 ? ` | errors ${b.errors}: ${b.firstError}` : ''}`,
+    );
     const openOpts = { ratePerSec: OPEN_RATE, durationMs: OPEN_MS, warmupMs: 1000 };
     const [og, ogCpu] = await withCpu(gwPid, () => openLoop(viaGateway, openOpts));
     const [od, odCpu] = await withCpu(undefined, () => openLoop(direct, openOpts));
@@ -119,7 +150,7 @@ async function measureBroker(target: Target): Promise<BrokerRow> {
       `${target.kind} open loop ${OPEN_RATE}/s: gateway p50 ${open.gateway.p50Ms} p99 ${open.gateway.p99Ms} ms | direct p50 ` +
         `${open.direct.p50Ms} p99 ${open.direct.p99Ms} ms | added p50 ${open.addedP50Ms} p99 ${open.addedP99Ms} ms`,
     );
-    return { broker: target.kind, closed, open };
+    return { broker: target.kind, closed, open, batch };
   } finally {
     client?.close();
     await h2?.close();
@@ -203,10 +234,31 @@ function markdown(rows: BrokerRow[]): string {
         '',
       );
     }
+    const bt = r.batch;
+    if (bt) {
+      out.push(
+        markdownTable(
+          ['batch publish', 'msgs/s', 'of direct c=64', 'call p50 / p99 ms', 'gateway CPU µs/msg', 'errors'],
+          [
+            [
+              `SendMessages ${bt.batchSize} × 1 KiB, ${bt.concurrency} calls in flight`,
+              fmt(bt.msgsPerSec),
+              `${round(bt.ratioToDirect64 * 100, 1)}%`,
+              `${bt.calls.p50Ms} / ${bt.calls.p99Ms}`,
+              fmt((bt.calls.cpu.serverCpuMs * 1000) / Math.max(1, bt.calls.ops * bt.batchSize), 1),
+              bt.calls.errors,
+            ],
+          ],
+        ),
+        '',
+      );
+    }
     const c64 = closed.find((c) => c.concurrency === 64);
     out.push(
       `- Target: publish >= 85% of direct at concurrency 64: ${verdict(c64 ? c64.ratio >= 0.85 : undefined)}` +
         (c64 ? ` (${pct(c64.gateway.opsPerSec, c64.direct.opsPerSec)}%)` : ''),
+      `- Same target with the batch RPC (SendMessages): ${verdict(bt ? bt.ratioToDirect64 >= 0.85 : undefined)}` +
+        (bt ? ` (${round(bt.ratioToDirect64 * 100, 1)}%)` : ''),
       `- Target: added latency <= 0.3 ms p50 / <= 1 ms p99 at ${OPEN_RATE} msgs/s: ${verdict(
         o ? o.addedP50Ms <= 0.3 && o.addedP99Ms <= 1 : undefined,
       )}${o ? ` (${o.addedP50Ms} / ${o.addedP99Ms} ms)` : ''}`,

@@ -11,35 +11,43 @@ function code(err: unknown): string | undefined {
   return isMqError(err) ? err.code : undefined;
 }
 
-test('50 open/close cycles (producer, send, subscription) leave no handle behind', {
-  timeout: 600_000,
-}, async () => {
-  const topic = `cycles-${randomUUID()}`;
-  // The topic exists before measuring so the cycles do the same work every time.
-  const setup = await openTestKafka('partitions=2');
-  await (await setup.producer(topic)).close();
-  await setup.close();
-  const t0 = Date.now();
-  await withLeakCheck(
-    async () => {
-      for (let i = 0; i < 50; i++) {
-        const broker = await openTestKafka('partitions=2');
-        const p = await broker.producer(topic);
-        await p.send({ body: `cycle ${i}`, key: `k${i}` });
-        const sub = await broker.subscribe({ topic, group: `cycles-${i}-${randomUUID()}`, start: 'latest' });
-        assert.ok((await broker.health()).ok);
-        // Half the cycles close the parts first, half leave it all to broker.close().
-        if (i % 2 === 0) {
-          await sub.close();
-          await p.close();
+test(
+  '50 open/close cycles (producer, send, subscription) leave no handle behind',
+  {
+    timeout: 600_000,
+  },
+  async () => {
+    const topic = `cycles-${randomUUID()}`;
+    // The topic exists before measuring so the cycles do the same work every time.
+    const setup = await openTestKafka('partitions=2');
+    await (await setup.producer(topic)).close();
+    await setup.close();
+    const t0 = Date.now();
+    await withLeakCheck(
+      async () => {
+        for (let i = 0; i < 50; i++) {
+          const broker = await openTestKafka('partitions=2');
+          const p = await broker.producer(topic);
+          await p.send({ body: `cycle ${i}`, key: `k${i}` });
+          const sub = await broker.subscribe({
+            topic,
+            group: `cycles-${i}-${randomUUID()}`,
+            start: 'latest',
+          });
+          assert.ok((await broker.health()).ok);
+          // Half the cycles close the parts first, half leave it all to broker.close().
+          if (i % 2 === 0) {
+            await sub.close();
+            await p.close();
+          }
+          await broker.close();
         }
-        await broker.close();
-      }
-    },
-    { timeoutMs: 20_000 },
-  );
-  console.log(`50 open/close cycles in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-});
+      },
+      { timeoutMs: 20_000 },
+    );
+    console.log(`50 open/close cycles in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  },
+);
 
 test('a missing topic is TOPIC_NOT_FOUND naming it when auto-creation is off', async () => {
   const broker = await openTestKafka('autoCreateTopics=false');

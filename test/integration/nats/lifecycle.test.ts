@@ -20,33 +20,37 @@ after(async () => {
   await server?.close();
 });
 
-test('50 open/publish/subscribe/receive/close cycles leave no handle and a stable heap', {
-  timeout: 300_000,
-}, async () => {
-  const topic = `cycle-${randomUUID()}`;
-  const group = `g-${randomUUID()}`;
-  const cycle = async (i: number): Promise<void> => {
-    const broker = await openNatsBroker(new URL(server.url), {});
-    try {
-      const producer = await broker.producer(topic);
-      const sub = await broker.subscribe({ topic, group, start: 'earliest' });
-      await producer.send({ body: `cycle ${i}`, key: 'k' });
-      const r = await sub[Symbol.asyncIterator]().next();
-      assert.ok(!r.done, 'a delivery');
-      // Also proves the previous cycle's ack reached the server before its close.
-      assert.equal(bodyText(r.value.message), `cycle ${i}`);
-      await r.value.ack();
-    } finally {
-      await broker.close();
-    }
-  };
-  await withLeakCheck(async () => {
-    const { slope } = await assertHeapStable(cycle, {
-      warmup: 10,
-      cycles: 50,
-      samples: 10,
-      maxBytesPerCycle: 16 * 1024,
+test(
+  '50 open/publish/subscribe/receive/close cycles leave no handle and a stable heap',
+  {
+    timeout: 300_000,
+  },
+  async () => {
+    const topic = `cycle-${randomUUID()}`;
+    const group = `g-${randomUUID()}`;
+    const cycle = async (i: number): Promise<void> => {
+      const broker = await openNatsBroker(new URL(server.url), {});
+      try {
+        const producer = await broker.producer(topic);
+        const sub = await broker.subscribe({ topic, group, start: 'earliest' });
+        await producer.send({ body: `cycle ${i}`, key: 'k' });
+        const r = await sub[Symbol.asyncIterator]().next();
+        assert.ok(!r.done, 'a delivery');
+        // Also proves the previous cycle's ack reached the server before its close.
+        assert.equal(bodyText(r.value.message), `cycle ${i}`);
+        await r.value.ack();
+      } finally {
+        await broker.close();
+      }
+    };
+    await withLeakCheck(async () => {
+      const { slope } = await assertHeapStable(cycle, {
+        warmup: 10,
+        cycles: 50,
+        samples: 10,
+        maxBytesPerCycle: 16 * 1024,
+      });
+      console.log(`nats lifecycle: heap slope ${slope.toFixed(0)} bytes per open/close cycle`);
     });
-    console.log(`nats lifecycle: heap slope ${slope.toFixed(0)} bytes per open/close cycle`);
-  });
-});
+  },
+);

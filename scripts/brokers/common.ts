@@ -486,8 +486,22 @@ export interface Artifact {
 
 const COMPLETE_MARKER = '.complete';
 
-export function jarsComplete(libDir: string): boolean {
-  return existsSync(join(libDir, COMPLETE_MARKER));
+/**
+ * True when a previous run collected the jars. With `artifacts`, also that it collected exactly
+ * these: adding an artifact to the list must fetch again, not trust an older cache.
+ */
+export function jarsComplete(libDir: string, artifacts?: Artifact[]): boolean {
+  const marker = join(libDir, COMPLETE_MARKER);
+  if (!existsSync(marker)) return false;
+  if (artifacts === undefined) return true;
+  return readFileSync(marker, 'utf8').split('\n')[1] === artifactList(artifacts);
+}
+
+function artifactList(artifacts: Artifact[]): string {
+  return artifacts
+    .map((a) => `${a.groupId}:${a.artifactId}:${a.version}`)
+    .sort()
+    .join(' ');
 }
 
 /**
@@ -500,7 +514,7 @@ export async function fetchJars(
   artifacts: Artifact[],
   timeoutMs = 15 * 60_000,
 ): Promise<boolean> {
-  if (jarsComplete(libDir)) return false;
+  if (jarsComplete(libDir, artifacts)) return false;
   rmSync(libDir, { recursive: true, force: true });
   const work = ensureDir(`${libDir}.pom`);
   const deps = artifacts
@@ -555,7 +569,7 @@ export async function fetchJars(
         `(exit ${result.code}); check network access to Maven Central. Output:\n${result.output.slice(-4000)}`,
     );
   }
-  writeFileSync(join(libDir, COMPLETE_MARKER), `${new Date().toISOString()}\n`);
+  writeFileSync(join(libDir, COMPLETE_MARKER), `${new Date().toISOString()}\n${artifactList(artifacts)}\n`);
   rmSync(work, { recursive: true, force: true });
   return true;
 }

@@ -47,6 +47,9 @@ export function fetchKafkaJars(): Promise<boolean> {
     { groupId: 'org.apache.kafka', artifactId: 'kafka_2.13', version: KAFKA_VERSION },
     // The server leaves the slf4j binding to the user; without one it logs nothing at all.
     { groupId: 'org.slf4j', artifactId: 'slf4j-reload4j', version: '1.7.36' },
+    // Kafka's own command-line tools (ConsoleConsumer moved here in 3.x): the interop tests read
+    // what the gateway published with them.
+    { groupId: 'org.apache.kafka', artifactId: 'kafka-tools', version: KAFKA_VERSION },
   ]);
 }
 

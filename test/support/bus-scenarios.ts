@@ -14,6 +14,12 @@ export interface BusScenarioOptions {
   dlqGroup: string;
   /** Scales waits for brokers that take seconds to join a group. */
   timeoutScale?: number;
+  /**
+   * Whether a retried message must come back before its key's later messages. False only where
+   * the broker is known to reorder a retry (RocketMQ: see the README's limits); every message is
+   * still checked to be handled, and the poison one dead-lettered.
+   */
+  retryKeepsOrder?: boolean;
 }
 
 export async function runEventBusScenario(o: BusScenarioOptions): Promise<void> {
@@ -70,7 +76,18 @@ export async function runEventBusScenario(o: BusScenarioOptions): Promise<void> 
         });
         for (const k of keys) {
           const firsts = [...new Set(seen.get(k))];
-          assert.deepEqual(firsts, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], `key ${k} in order through a retry`);
+          if (o.retryKeepsOrder ?? true) {
+            assert.deepEqual(firsts, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], `key ${k} in order through a retry`);
+          } else {
+            assert.deepEqual(
+              [...firsts].sort((a, b) => a - b),
+              [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+              `key ${k}: all handled`,
+            );
+            // Apart from the retried message, the key's messages still arrive in order.
+            const others = firsts.filter((n) => n !== 2);
+            assert.deepEqual(others, [0, 1, 3, 4, 5, 6, 7, 8, 9], `key ${k} in order apart from the retry`);
+          }
         }
         assert.equal(bodyText(dead[0] as Message), 'poison:0');
         assert.match((dead[0] as Message).properties['mqgate-error'] ?? '', /cannot handle poison/);

@@ -3,7 +3,7 @@ import { openBroker } from '../../../src/brokers/index.js';
 import { runEventBusScenario } from '../../support/bus-scenarios.js';
 import { makeGroup, rocketMqUrl, TopicPool } from './helpers.js';
 
-test('the event bus on RocketMQ (FIFO topic and group): per-key order through retries, dead-letter, clean close', async () => {
+test('the event bus on RocketMQ (FIFO topic and group): per-key order, retries, dead-letter, clean close', async () => {
   const pool = new TopicPool({ normal: 1, fifo: 1, delay: 0, transaction: 0 });
   const topic = await pool.topic('fifo');
   const deadLetterTopic = await pool.topic('normal');
@@ -15,5 +15,8 @@ test('the event bus on RocketMQ (FIFO topic and group): per-key order through re
     dlqGroup: await makeGroup(false),
     // Every retry waits for the proxy's revive interval (about 10 s).
     timeoutScale: 5,
+    // A nack is changeInvisibleDuration: while the retried message waits for the proxy's revive
+    // interval, the FIFO group's next message can be handed out first (seen in CI).
+    retryKeepsOrder: false,
   });
 });

@@ -22,7 +22,7 @@ async function restartProxy(): Promise<void> {
   );
 }
 
-test('RocketMQ: 10,000 FIFO messages through the gateway survive a proxy restart and two consumer disconnects', async () => {
+test('RocketMQ: 10,000 FIFO messages through the gateway survive a proxy restart and two consumer disconnects (no loss)', async () => {
   const topic = await new TopicPool({ normal: 0, fifo: 1, delay: 0, transaction: 0 }).topic('fifo');
   await runGatewayNoLoss({
     brokerUrl: rocketMqUrl().toString(),
@@ -30,7 +30,10 @@ test('RocketMQ: 10,000 FIFO messages through the gateway survive a proxy restart
     group: await makeGroup(true),
     restartBroker: restartProxy,
     keyCount: 16,
-    checkOrder: true,
+    // A consumer disconnect releases unacked FIFO messages with changeInvisibleDuration, and the
+    // proxy can hand out a group's next message before the released one comes back (seen in CI):
+    // the README's RocketMQ limit. The adapter-level no-loss test checks FIFO order without that.
+    checkOrder: false,
     timeoutScale: 3,
   });
 });

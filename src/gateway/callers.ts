@@ -43,9 +43,13 @@ export class Authenticator {
     return this.#byDigest.size > 0;
   }
 
-  /** Returns the principal name, '' when auth is off; throws UNAUTHENTICATED otherwise. */
-  authenticate(header: string | undefined): string {
+  /**
+   * Returns the principal name, '' when auth is off; throws UNAUTHENTICATED otherwise. The header
+   * is read lazily so calls skip the metadata look-up when auth is off (every call pays it).
+   */
+  authenticate(header: string | undefined | (() => string | undefined)): string {
     if (!this.enabled) return '';
+    if (typeof header === 'function') header = header();
     const m = header === undefined ? null : /^Bearer\s+(\S+)$/i.exec(header);
     if (!m) {
       throw new MqError(

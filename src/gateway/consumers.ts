@@ -256,13 +256,15 @@ export class ConsumerRegistry {
   async sweep(now = Date.now()): Promise<void> {
     const steps: Array<() => Promise<void>> = [];
     for (const s of this.#sessions.values()) {
+      let released = false;
       for (const [rh, entry] of s.inFlight) {
         // Insertion order is delivery order, so the first young entry ends the scan.
         if (now - entry.at < this.#opts.ackTimeoutMs) break;
         s.inFlight.delete(rh);
         this.#release(entry.delivery);
+        released = true;
       }
-      s.room.notifyAll();
+      if (released) s.room.notifyAll();
       if (!s.attachment && now - s.detachedAt > this.#opts.cleanupTimeoutMs) {
         this.#opts.metrics.counts.consumerLeakDetections++;
         this.#opts.log.warn(

@@ -96,7 +96,9 @@ export function createService(deps: ServiceDeps): {
       }
       let principal: string;
       try {
-        principal = opts.open ? '' : auth.authenticate(call.metadata.get('authorization')[0]?.toString());
+        principal = opts.open
+          ? ''
+          : auth.authenticate(() => call.metadata.get('authorization')[0]?.toString());
       } catch (err) {
         finish(err);
         return;
@@ -411,7 +413,7 @@ export function createService(deps: ServiceDeps): {
       }
       let attached: { detach: () => void; done: Promise<void> };
       try {
-        auth.authenticate(call.metadata.get('authorization')[0]?.toString());
+        auth.authenticate(() => call.metadata.get('authorization')[0]?.toString());
         const id = requireId(call.request.consumer_id, 'consumer_id', 'CreateConsumer');
         let ended = false;
         const sink: DeliverySink = {

@@ -303,6 +303,53 @@ export function runBrokerBehaviourSuite(
       });
     });
 
+    test("an ordered key's nacked or timed-out message comes back before the key's later messages", async () => {
+      await scoped(async () => {
+        if (!broker.capabilities.ordered) return;
+        const topic = await makeTopic('fifo');
+        const group = await makeGroup(true);
+        const reader = await subscribe({ topic, group, ordered: true, ackTimeoutMs });
+        const p = await producer(topic);
+        for (let i = 0; i < 4; i++) await p.send({ body: `k:${i}`, key: 'k' });
+        const seen: string[] = [];
+        const take = async (what: string): Promise<Delivery> => {
+          const d = await reader.next(arrive + ackTimeoutMs * 3, what);
+          seen.push(bodyText(d.message));
+          return d;
+        };
+        const d0 = await take('k:0');
+        // Only the key's head is out: its next message waits until the head is settled.
+        // (Polled for less than the ack timeout, or k:0 itself would come back.)
+        assert.equal(
+          await reader.poll(Math.min(quiet, ackTimeoutMs / 2)),
+          TIMEOUT,
+          'k:1 must wait while k:0 is unsettled',
+        );
+        await d0.ack();
+        const d1 = await take('k:1');
+        assert.equal(d1.message.reconsumeCount, 0);
+        await d1.nack();
+        const retry = await take('k:1 again after its nack');
+        assert.equal(retry.message.reconsumeCount, 1);
+        // Left unsettled past the ack timeout, it comes back once more, still ahead of k:2.
+        const late = await take('k:1 again after its ack timeout');
+        assert.ok(
+          late.message.reconsumeCount >= 2,
+          `reconsumeCount ${late.message.reconsumeCount} after a timeout`,
+        );
+        await expectCode(retry.ack(), 'NOT_FOUND', 'acking the timed-out delivery');
+        await late.ack();
+        await (await take('k:2')).ack();
+        await (await take('k:3')).ack();
+        assert.deepEqual(
+          seen,
+          ['k:0', 'k:1', 'k:1', 'k:1', 'k:2', 'k:3'],
+          'the key in order through a nack and a timeout',
+        );
+        await reader.nothingWithin(quiet, 'every message was acked');
+      });
+    });
+
     test('nack redelivers with reconsumeCount + 1; acking twice is harmless', async () => {
       await scoped(async () => {
         const topic = await makeTopic('normal');

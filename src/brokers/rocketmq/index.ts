@@ -182,6 +182,7 @@ class RocketMqBroker implements Broker {
             filter: options.filter,
             maxInFlight,
             ackTimeoutMs,
+            ordered: options.ordered ?? false,
             credentials,
             log: this.#options.log,
             onClosed: (sub) => this.#subscriptions.delete(sub),

@@ -4,6 +4,19 @@
  * "pull only while the downstream has room". A SimpleConsumer receives exactly the batch we ask
  * for (sized by the free room), keeps each message invisible for ackTimeoutMs, and settles with
  * ack / changeInvisibleDuration, which is the contract's ack / nack one to one.
+ *
+ * FIFO (ordered) consumption. A FIFO group's receive returns a batch that can hold several
+ * messages of one message group; handing them out together lets a caller finish the second before
+ * the first, and a nack sent to the broker (changeInvisibleDuration) lets the group's next message,
+ * already received, overtake the retried one. So, as RocketMQ's own FIFO push consumer does:
+ * - one message per message group is handed out at a time; the group's later messages wait here
+ *   (invisible, their invisible time renewed) until it is settled;
+ * - a nack or an ack timeout redelivers the message here, as its group's head, with reconsumeCount
+ *   + 1, after the nack's delay; the broker is told only to keep it invisible meanwhile;
+ * - after LOCAL_RETRY_LIMIT reconsumes a message goes back to the broker (its retry policy and
+ *   dead-letter queue take over) and its group moves on.
+ * A message the broker redelivers while we hold it (its invisible time ran out, e.g. during a
+ * proxy outage) keeps its place, with the new receipt handle.
  */
 import { FilterExpression, type MessageView } from 'rocketmq-client-nodejs';
 import { NotFoundError } from '../../core/errors.js';
@@ -47,12 +60,21 @@ export interface RocketMqSubscriptionOptions {
   filter: string | undefined;
   maxInFlight: number;
   ackTimeoutMs: number;
+  /** FIFO messages: one in flight per message group, and a nack retried here, ahead of the group. */
+  ordered: boolean;
   credentials: Credentials | undefined;
   log: BrokerLog | undefined;
   onClosed: (sub: RocketMqSubscription) => void;
 }
 
-function toMessage(view: MessageView): Message {
+/**
+ * Reconsumes done here before a FIFO message goes back to the broker's retry policy: RocketMQ's
+ * default max reconsume times for a group, so a poison message is dead-lettered by the broker as
+ * it would be without the gateway.
+ */
+const LOCAL_RETRY_LIMIT = 16;
+
+function toMessage(view: MessageView, localAttempts: number): Message {
   const properties: Record<string, string> = {};
   for (const [k, v] of view.properties) {
     // RocketMQ's own `__` properties (e.g. __SHARDINGKEY, the FIFO group) are message fields, not
@@ -70,22 +92,52 @@ function toMessage(view: MessageView): Message {
     properties,
     deliverAt: view.deliveryTimestamp?.getTime(),
     bornAt: view.bornTimestamp?.getTime() ?? Date.now(),
-    reconsumeCount: Math.max(0, (view.deliveryAttempt ?? 1) - 1),
+    reconsumeCount: Math.max(0, (view.deliveryAttempt ?? 1) - 1) + localAttempts,
   };
+}
+
+/**
+ * One received, unsettled message. queued: waiting in the hand-out queue; held: behind its FIFO
+ * group's head; out: handed out; settling: ack or nack under way; waiting: a FIFO retry waiting
+ * for its nack delay.
+ */
+type EntryState = 'queued' | 'held' | 'out' | 'settling' | 'waiting';
+
+class Entry {
+  view: MessageView;
+  readonly id: string;
+  /** The FIFO message group, set only for an ordered subscription. */
+  readonly key: string | undefined;
+  state: EntryState = 'queued';
+  localAttempts = 0;
+  current: RocketMqDelivery | undefined;
+  /** Invisible-time renewal, ack-timeout expiry or retry timer: one at a time. */
+  task: ScheduledTask | undefined;
+  /** A renewal in flight: a settle waits for it, so it uses the receipt handle the renewal returns. */
+  renewing: Promise<void> | undefined;
+  /** When the broker last (re)started the message's invisible time. */
+  since = Date.now();
+  /** The broker redelivered the message while a settle was under way. */
+  redelivered: MessageView | undefined;
+
+  constructor(view: MessageView, ordered: boolean) {
+    this.view = view;
+    this.id = view.messageId;
+    this.key = ordered ? view.messageGroup || undefined : undefined;
+  }
 }
 
 class RocketMqDelivery implements Delivery {
   readonly message: Message;
-  readonly view: MessageView;
+  readonly entry: Entry;
   readonly #sub: RocketMqSubscription;
   #settling: Promise<void> | undefined;
-  /** Released by the adapter's own ack timeout (ackTimeoutMs below the proxy's minimum). */
+  /** Void: the ack timeout passed, or the broker redelivered the message. */
   expired = false;
-  expiry: ScheduledTask | undefined;
 
-  constructor(view: MessageView, sub: RocketMqSubscription) {
-    this.view = view;
-    this.message = toMessage(view);
+  constructor(entry: Entry, sub: RocketMqSubscription) {
+    this.entry = entry;
+    this.message = toMessage(entry.view, entry.localAttempts);
     this.#sub = sub;
   }
 
@@ -107,11 +159,15 @@ export class RocketMqSubscription implements Subscription {
   readonly #consumer: GuardedSimpleConsumer;
   readonly #filter: FilterExpression;
   readonly #started: Promise<void>;
-  readonly #queue = new AsyncQueue<RocketMqDelivery>();
-  readonly #held = new Set<RocketMqDelivery>();
+  readonly #queue = new AsyncQueue<Entry>();
+  /** Every received, unsettled message by id; its size bounds what is received. */
+  readonly #entries = new Map<string, Entry>();
+  /** ordered: FIFO group → messages waiting behind the group's head (queued, out or waiting). */
+  readonly #chains = new Map<string, Entry[]>();
   readonly #settles = new Set<Promise<unknown>>();
   readonly #room = new Notifier();
   readonly #abort = new AbortController();
+  #out = 0;
   #orphans: MessageView[] = [];
   #loop: Promise<void> = Promise.resolve();
   #closed = false;
@@ -167,15 +223,25 @@ export class RocketMqSubscription implements Subscription {
   }
 
   get inFlight(): number {
-    return this.#held.size;
+    return this.#out;
+  }
+
+  /** Received and not settled (queued, held back, handed out, waiting to retry); for tests. */
+  get pending(): number {
+    return this.#entries.size;
+  }
+
+  /** The invisible time asked of the broker: the ack timeout, at least the proxy's minimum. */
+  get #invisibleMs(): number {
+    return Math.max(this.#options.ackTimeoutMs, this.#minInvisibleMs);
   }
 
   async #run(): Promise<void> {
-    const { maxInFlight, ackTimeoutMs, log } = this.#options;
+    const { maxInFlight, log } = this.#options;
     const signal = this.#abort.signal;
     let backoff = 0;
     while (!this.#closed) {
-      const room = maxInFlight - this.#held.size - this.#queue.size;
+      const room = maxInFlight - this.#entries.size;
       if (room <= 0) {
         await this.#room.wait(signal).catch(() => {});
         continue;
@@ -186,7 +252,7 @@ export class RocketMqSubscription implements Subscription {
           this.topic,
           this.#filter,
           Math.min(room, MAX_BATCH),
-          Math.max(ackTimeoutMs, this.#minInvisibleMs),
+          this.#invisibleMs,
           LONG_POLL_MS,
           signal,
         );
@@ -220,59 +286,208 @@ export class RocketMqSubscription implements Subscription {
         await delay(backoff, signal).catch(() => {});
         continue;
       }
-      for (const view of views) {
-        if (this.#closed || this.#queue.ended) {
-          this.#orphans.push(view);
-          continue;
-        }
-        const delivery = new RocketMqDelivery(view, this);
-        if (ackTimeoutMs < this.#minInvisibleMs) {
-          delivery.expiry = this.#scheduler.after(ackTimeoutMs, () => this.#expire(delivery));
-        }
-        this.#queue.push(delivery);
-      }
+      for (const view of views) this.#accept(view);
     }
   }
 
-  #expire(delivery: RocketMqDelivery): void {
-    if (this.#closed || delivery.expired) return;
-    delivery.expired = true;
-    this.#held.delete(delivery);
-    this.#room.notifyAll();
-    const work = this.#consumer.changeInvisibleDuration(delivery.view, RELEASE_INVISIBLE_MS).catch((err) => {
+  #accept(view: MessageView): void {
+    if (this.#closed || this.#queue.ended) {
+      this.#orphans.push(view);
+      return;
+    }
+    const known = this.#entries.get(view.messageId);
+    if (known !== undefined) {
+      // The broker redelivered a message we still hold: its invisible time ran out (a slow
+      // caller, or renewals lost in a proxy outage). The new receipt handle is the valid one.
+      if (known.state === 'settling') {
+        known.redelivered = view;
+        return;
+      }
+      known.view = view;
+      known.since = Date.now();
+      if (known.state === 'out') {
+        // The caller's delivery is void (its ack would fail); this one takes its place, first in
+        // its FIFO group.
+        this.#void(known);
+        this.#enqueue(known);
+      }
+      return;
+    }
+    const entry = new Entry(view, this.#options.ordered);
+    this.#entries.set(entry.id, entry);
+    if (entry.key !== undefined) {
+      const chain = this.#chains.get(entry.key);
+      if (chain !== undefined) {
+        entry.state = 'held';
+        chain.push(entry);
+        this.#keepAlive(entry);
+        return;
+      }
+      this.#chains.set(entry.key, []);
+    }
+    this.#enqueue(entry);
+  }
+
+  #enqueue(entry: Entry): void {
+    entry.state = 'queued';
+    this.#keepAlive(entry);
+    this.#queue.push(entry);
+  }
+
+  /** While a message waits here, renew its invisible time before the broker redelivers it. */
+  #keepAlive(entry: Entry): void {
+    entry.task?.cancel();
+    const invisibleMs = this.#invisibleMs;
+    const due = Math.max(0, entry.since + invisibleMs / 2 - Date.now());
+    entry.task = this.#scheduler.after(due, () => {
+      if (entry.state !== 'queued' && entry.state !== 'held') return;
+      void this.#renew(entry, invisibleMs);
+      this.#keepAlive(entry);
+    });
+  }
+
+  /** Restarts the message's invisible time at `ms`; the library stores the new receipt handle. */
+  #renew(entry: Entry, ms: number): Promise<void> {
+    const previous = entry.renewing;
+    const view = entry.view;
+    entry.since = Date.now();
+    const work = (async () => {
+      await previous;
+      try {
+        await this.#consumer.changeInvisibleDuration(view, ms);
+      } catch (err) {
+        // The proxy may be restarting: the broker then redelivers the message, and #accept
+        // gives its entry the new receipt handle.
+        this.#options.log?.debug(
+          { topic: this.topic, group: this.group, id: entry.id, err: String(err) },
+          'rocketmq: renewing the invisible time of a held message failed',
+        );
+      }
+    })();
+    entry.renewing = work;
+    this.#settles.add(work);
+    void work.finally(() => {
+      this.#settles.delete(work);
+      if (entry.renewing === work) entry.renewing = undefined;
+    });
+    return work;
+  }
+
+  /** Hands an entry out as a new delivery. */
+  #handOut(entry: Entry): RocketMqDelivery {
+    entry.task?.cancel();
+    entry.task = undefined;
+    entry.state = 'out';
+    this.#out++;
+    const delivery = new RocketMqDelivery(entry, this);
+    entry.current = delivery;
+    const { ackTimeoutMs } = this.#options;
+    // A message that waited here long enough to eat into the caller's ack timeout gets a fresh
+    // invisible time, so the broker does not redeliver it while the caller still may ack it.
+    const invisibleLeft = entry.since + this.#invisibleMs - Date.now();
+    if (invisibleLeft < ackTimeoutMs * 0.9) void this.#renew(entry, this.#invisibleMs);
+    if (ackTimeoutMs < this.#minInvisibleMs) {
+      entry.task = this.#scheduler.after(ackTimeoutMs, () => this.#expire(entry, delivery));
+    }
+    return delivery;
+  }
+
+  /** Makes the handed-out delivery of an entry void: a late ack or nack gets NOT_FOUND. */
+  #void(entry: Entry): void {
+    if (entry.current === undefined) return;
+    entry.current.expired = true;
+    entry.current = undefined;
+    entry.task?.cancel();
+    entry.task = undefined;
+    this.#out--;
+  }
+
+  /** The adapter's own ack timeout (ackTimeoutMs below the proxy's minimum invisible time). */
+  #expire(entry: Entry, delivery: RocketMqDelivery): void {
+    if (this.#closed || entry.current !== delivery) return;
+    this.#void(entry);
+    if (entry.key !== undefined && this.#reconsumes(entry) < LOCAL_RETRY_LIMIT) {
+      entry.localAttempts++;
+      this.#enqueue(entry);
+      return;
+    }
+    entry.state = 'settling';
+    const work = this.#consumer.changeInvisibleDuration(entry.view, RELEASE_INVISIBLE_MS).catch((err) => {
       this.#options.log?.debug(
         { topic: this.topic, group: this.group, err: String(err) },
         'rocketmq: releasing an expired delivery failed; it is redelivered when its invisible time ends',
       );
     });
+    this.#track(work.finally(() => this.#forget(entry)));
+  }
+
+  #reconsumes(entry: Entry): number {
+    return Math.max(0, (entry.view.deliveryAttempt ?? 1) - 1) + entry.localAttempts;
+  }
+
+  #track(work: Promise<unknown>): void {
     this.#settles.add(work);
-    work.finally(() => this.#settles.delete(work));
+    void work.finally(() => this.#settles.delete(work));
+  }
+
+  /** Drops a settled entry; its FIFO group's next message is handed out. */
+  #forget(entry: Entry): void {
+    entry.task?.cancel();
+    entry.task = undefined;
+    if (this.#entries.get(entry.id) === entry) this.#entries.delete(entry.id);
+    const redelivered = entry.redelivered;
+    entry.redelivered = undefined;
+    if (entry.key !== undefined && !this.#closed) {
+      const chain = this.#chains.get(entry.key);
+      const next = chain?.shift();
+      if (next !== undefined) this.#enqueue(next);
+      else this.#chains.delete(entry.key);
+    }
+    this.#room.notifyAll();
+    // A redelivery that came in while an ack failed is a delivery of its own.
+    if (redelivered !== undefined) this.#accept(redelivered);
   }
 
   /** ack when delayMs is undefined, otherwise nack with that delay. */
   async settle(delivery: RocketMqDelivery, delayMs: number | undefined): Promise<void> {
+    const entry = delivery.entry;
     const action = delayMs === undefined ? 'acking' : 'nacking';
     if (delivery.expired) {
       throw new NotFoundError(
         `cannot settle message ${delivery.message.id}: its ack timeout (${this.#options.ackTimeoutMs} ms) passed and it was released for redelivery`,
       );
     }
-    if (this.#closed || !this.#held.has(delivery)) {
+    if (this.#closed || entry.current !== delivery) {
       throw new NotFoundError(
         `cannot settle message ${delivery.message.id}: the subscription to "${this.topic}" (group "${this.group}") ` +
           'was closed and released it; it will be redelivered',
       );
     }
-    delivery.expiry?.cancel();
+    this.#void(entry);
+    if (delayMs !== undefined && entry.key !== undefined && this.#reconsumes(entry) < LOCAL_RETRY_LIMIT) {
+      // FIFO retry, here and first in its group. The broker only keeps it invisible meanwhile.
+      entry.localAttempts++;
+      entry.state = 'waiting';
+      entry.task = this.#scheduler.after(delayMs, () => {
+        if (entry.state === 'waiting' && !this.#closed) this.#enqueue(entry);
+      });
+      await this.#renew(entry, delayMs + this.#invisibleMs);
+      return;
+    }
+    entry.state = 'settling';
+    let acked = false;
     const work = (async () => {
       try {
-        if (delayMs === undefined) await this.#consumer.ack(delivery.view);
-        else await this.#consumer.changeInvisibleDuration(delivery.view, delayMs || RELEASE_INVISIBLE_MS);
+        await entry.renewing;
+        if (delayMs === undefined) await this.#consumer.ack(entry.view);
+        else await this.#consumer.changeInvisibleDuration(entry.view, delayMs || RELEASE_INVISIBLE_MS);
+        acked = true;
       } catch (err) {
         throw toRocketMqError(err, this.#ctx(action));
       } finally {
-        this.#held.delete(delivery);
-        this.#room.notifyAll();
+        // Settled once acked; a redelivery seen meanwhile is then a duplicate of an acked message.
+        if (acked) entry.redelivered = undefined;
+        this.#forget(entry);
       }
     })();
     this.#settles.add(work);
@@ -289,14 +504,10 @@ export class RocketMqSubscription implements Subscription {
         for (;;) {
           const result = await this.#queue.next();
           if (result.done) return result;
-          // Expired while buffered: the adapter already released it.
-          if (result.value.expired) continue;
-          if (this.#closed) {
-            this.#orphans.push(result.value.view);
-            return { done: true, value: undefined };
-          }
-          this.#held.add(result.value);
-          return result;
+          const entry = result.value;
+          if (entry.state !== 'queued' || this.#entries.get(entry.id) !== entry) continue;
+          if (this.#closed) return { done: true, value: undefined };
+          return { done: false, value: this.#handOut(entry) };
         }
       },
       // Leaving a for-await loop ends the subscription, as the queue behind it has ended.
@@ -311,13 +522,13 @@ export class RocketMqSubscription implements Subscription {
     this.#closed = true;
     this.#abort.abort();
     this.#scheduler.close();
-    const undelivered = this.#queue.drain().filter((d) => !d.expired);
+    this.#queue.drain();
     this.#queue.end();
     this.#room.notifyAll();
     await closeAll([
       () => this.#loop,
       () => Promise.allSettled([...this.#settles]),
-      () => this.#releaseAll(undelivered),
+      () => this.#releaseAll(),
       async () => {
         // shutdown() during startup() would leave the intervals startup() creates afterwards.
         await this.#started.catch(() => {});
@@ -329,13 +540,18 @@ export class RocketMqSubscription implements Subscription {
   });
 
   /** Makes every received-but-unsettled message visible again at once. */
-  async #releaseAll(undelivered: RocketMqDelivery[]): Promise<void> {
-    const views = [
-      ...undelivered.map((d) => d.view),
-      ...[...this.#held].map((d) => d.view),
-      ...this.#orphans,
-    ];
-    this.#held.clear();
+  async #releaseAll(): Promise<void> {
+    const views: MessageView[] = [];
+    for (const entry of this.#entries.values()) {
+      if (entry.current) entry.current.expired = true;
+      entry.current = undefined;
+      entry.task = undefined;
+      views.push(entry.redelivered ?? entry.view);
+    }
+    views.push(...this.#orphans);
+    this.#entries.clear();
+    this.#chains.clear();
+    this.#out = 0;
     this.#orphans = [];
     if (views.length === 0) return;
     const results = await Promise.allSettled(
@@ -349,7 +565,7 @@ export class RocketMqSubscription implements Subscription {
           group: this.group,
           failed,
           total: views.length,
-          invisibleMs: this.#options.ackTimeoutMs,
+          invisibleMs: this.#invisibleMs,
         },
         'rocketmq: could not release some deliveries on close; they become visible when their invisible time ends',
       );

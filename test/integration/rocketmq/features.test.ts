@@ -8,7 +8,7 @@ import { bodyText } from '../../../src/core/message.js';
 import { eventually, withLeakCheck } from '../../support/leaks.js';
 import { MemoryLog, makeFifoGroups, makeGroup, openTestBroker, rocketMqUrl, TopicPool } from './helpers.js';
 
-const pool = new TopicPool({ normal: 3, fifo: 1, delay: 2, transaction: 3 });
+const pool = new TopicPool({ normal: 3, fifo: 2, delay: 2, transaction: 3 });
 
 async function expectCode(work: Promise<unknown>, code: string, match?: RegExp): Promise<Error> {
   try {
@@ -118,6 +118,35 @@ describe('rocketmq adapter features', { timeout: 600_000 }, () => {
     }
     await p.close();
     await sub.close();
+  });
+
+  test('FIFO: messages held behind a slow head keep their invisible time renewed (no redelivery)', async () => {
+    // The broker hands out k:0, and once it is acked k:1..k:3 in one receive, each invisible for
+    // the ack timeout (the proxy's 10 s minimum). k:3 then waits here behind k:1 and k:2 for
+    // longer than that. Without renewals the broker would redeliver it meanwhile
+    // (reconsumeCount 1), and the voided delivery's ack would fail.
+    const ackTimeoutMs = 10_000;
+    const topic = await pool.topic('fifo');
+    const [group] = await makeFifoGroups(1);
+    const sub = await broker.subscribe({ topic, group: group as string, ordered: true, ackTimeoutMs });
+    const p = await broker.producer(topic);
+    for (let i = 0; i < 4; i++) await p.send({ body: `k:${i}`, key: 'k' });
+    const seen: string[] = [];
+    let acked = 0;
+    const { done } = collect(sub, async (d) => {
+      seen.push(`${bodyText(d.message)}#${d.message.reconsumeCount}`);
+      // Settle just inside the ack timeout.
+      await new Promise((r) => setTimeout(r, ackTimeoutMs * 0.8));
+      await d.ack();
+      acked++;
+    });
+    await eventually(() => acked >= 4, 'four deliveries acked', 120_000);
+    // Quiet for a while longer: a lapsed invisible time would show as a redelivery here.
+    await new Promise((r) => setTimeout(r, 3_000));
+    assert.deepEqual(seen, ['k:0#0', 'k:1#0', 'k:2#0', 'k:3#0']);
+    await p.close();
+    await sub.close();
+    await done;
   });
 
   test('delay: delivered not before deliverAt and within 15 s after', async () => {

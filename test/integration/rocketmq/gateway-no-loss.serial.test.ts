@@ -30,10 +30,6 @@ test('RocketMQ: 10,000 FIFO messages through the gateway survive a proxy restart
     group: await makeGroup(true),
     restartBroker: restartProxy,
     keyCount: 16,
-    // A consumer disconnect releases unacked FIFO messages with changeInvisibleDuration, and the
-    // proxy can hand out a group's next message before the released one comes back (seen in CI):
-    // the README's RocketMQ limit. The adapter-level no-loss test checks FIFO order without that.
-    checkOrder: false,
     timeoutScale: 3,
   });
 });

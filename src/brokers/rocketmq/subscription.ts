@@ -73,6 +73,8 @@ export interface RocketMqSubscriptionOptions {
  * it would be without the gateway.
  */
 const LOCAL_RETRY_LIMIT = 16;
+/** How long past its invisible time a FIFO head whose ack failed waits for the broker's redelivery. */
+const AWAIT_REDELIVERY_MARGIN_MS = 10_000;
 
 function toMessage(view: MessageView, localAttempts: number): Message {
   const properties: Record<string, string> = {};
@@ -99,9 +101,10 @@ function toMessage(view: MessageView, localAttempts: number): Message {
 /**
  * One received, unsettled message. queued: waiting in the hand-out queue; held: behind its FIFO
  * group's head; out: handed out; settling: ack or nack under way; waiting: a FIFO retry waiting
- * for its nack delay.
+ * for its nack delay; awaiting: a FIFO head whose ack or release failed (a proxy outage), kept
+ * as its group's head until the broker redelivers it or a deadline passes.
  */
-type EntryState = 'queued' | 'held' | 'out' | 'settling' | 'waiting';
+type EntryState = 'queued' | 'held' | 'out' | 'settling' | 'waiting' | 'awaiting';
 
 class Entry {
   view: MessageView;
@@ -111,8 +114,11 @@ class Entry {
   state: EntryState = 'queued';
   localAttempts = 0;
   current: RocketMqDelivery | undefined;
-  /** Invisible-time renewal, ack-timeout expiry or retry timer: one at a time. */
+  /** Invisible-time renewal, ack-timeout expiry or awaiting deadline: one at a time. */
   task: ScheduledTask | undefined;
+  /** waiting: the end of the nack delay. */
+  retry: ScheduledTask | undefined;
+  retryAt = 0;
   /** A renewal in flight: a settle waits for it, so it uses the receipt handle the renewal returns. */
   renewing: Promise<void> | undefined;
   /** When the broker last (re)started the message's invisible time. */
@@ -310,6 +316,8 @@ export class RocketMqSubscription implements Subscription {
         // its FIFO group.
         this.#void(known);
         this.#enqueue(known);
+      } else if (known.state === 'awaiting') {
+        this.#enqueue(known);
       }
       return;
     }
@@ -340,7 +348,7 @@ export class RocketMqSubscription implements Subscription {
     const invisibleMs = this.#invisibleMs;
     const due = Math.max(0, entry.since + invisibleMs / 2 - Date.now());
     entry.task = this.#scheduler.after(due, () => {
-      if (entry.state !== 'queued' && entry.state !== 'held') return;
+      if (entry.state !== 'queued' && entry.state !== 'held' && entry.state !== 'waiting') return;
       void this.#renew(entry, invisibleMs);
       this.#keepAlive(entry);
     });
@@ -349,12 +357,12 @@ export class RocketMqSubscription implements Subscription {
   /** Restarts the message's invisible time at `ms`; the library stores the new receipt handle. */
   #renew(entry: Entry, ms: number): Promise<void> {
     const previous = entry.renewing;
-    const view = entry.view;
     entry.since = Date.now();
     const work = (async () => {
       await previous;
       try {
-        await this.#consumer.changeInvisibleDuration(view, ms);
+        // Read after the previous renewal: a redelivery may have brought a newer receipt handle.
+        await this.#consumer.changeInvisibleDuration(entry.view, ms);
       } catch (err) {
         // The proxy may be restarting: the broker then redelivers the message, and #accept
         // gives its entry the new receipt handle.
@@ -365,9 +373,8 @@ export class RocketMqSubscription implements Subscription {
       }
     })();
     entry.renewing = work;
-    this.#settles.add(work);
+    this.#track(work);
     void work.finally(() => {
-      this.#settles.delete(work);
       if (entry.renewing === work) entry.renewing = undefined;
     });
     return work;
@@ -383,12 +390,15 @@ export class RocketMqSubscription implements Subscription {
     entry.current = delivery;
     const { ackTimeoutMs } = this.#options;
     // A message that waited here long enough to eat into the caller's ack timeout gets a fresh
-    // invisible time, so the broker does not redeliver it while the caller still may ack it.
+    // invisible time, so the broker does not redeliver it while the caller still may ack it. (Not
+    // on every hand-out: that would double the RPCs of a busy subscription; callers such as the
+    // gateway time out before the adapter does anyway.)
     const invisibleLeft = entry.since + this.#invisibleMs - Date.now();
     if (invisibleLeft < ackTimeoutMs * 0.9) void this.#renew(entry, this.#invisibleMs);
-    if (ackTimeoutMs < this.#minInvisibleMs) {
-      entry.task = this.#scheduler.after(ackTimeoutMs, () => this.#expire(entry, delivery));
-    }
+    // Our own ack timeout, also when it equals the broker's invisible time: the broker's
+    // redelivery reaches us only while there is room to receive, and a lost delivery must not
+    // hold its slot (and its FIFO group) forever.
+    entry.task = this.#scheduler.after(ackTimeoutMs, () => this.#expire(entry, delivery));
     return delivery;
   }
 
@@ -412,13 +422,16 @@ export class RocketMqSubscription implements Subscription {
       return;
     }
     entry.state = 'settling';
-    const work = this.#consumer.changeInvisibleDuration(entry.view, RELEASE_INVISIBLE_MS).catch((err) => {
+    const work = (async () => {
+      await entry.renewing;
+      await this.#consumer.changeInvisibleDuration(entry.view, RELEASE_INVISIBLE_MS);
+    })().catch((err) => {
       this.#options.log?.debug(
         { topic: this.topic, group: this.group, err: String(err) },
         'rocketmq: releasing an expired delivery failed; it is redelivered when its invisible time ends',
       );
     });
-    this.#track(work.finally(() => this.#forget(entry)));
+    this.#track(work.then(() => this.#forget(entry)));
   }
 
   #reconsumes(entry: Entry): number {
@@ -427,13 +440,18 @@ export class RocketMqSubscription implements Subscription {
 
   #track(work: Promise<unknown>): void {
     this.#settles.add(work);
-    void work.finally(() => this.#settles.delete(work));
+    work.then(
+      () => this.#settles.delete(work),
+      () => this.#settles.delete(work),
+    );
   }
 
   /** Drops a settled entry; its FIFO group's next message is handed out. */
   #forget(entry: Entry): void {
     entry.task?.cancel();
     entry.task = undefined;
+    entry.retry?.cancel();
+    entry.retry = undefined;
     if (this.#entries.get(entry.id) === entry) this.#entries.delete(entry.id);
     const redelivered = entry.redelivered;
     entry.redelivered = undefined;
@@ -468,34 +486,60 @@ export class RocketMqSubscription implements Subscription {
       // FIFO retry, here and first in its group. The broker only keeps it invisible meanwhile.
       entry.localAttempts++;
       entry.state = 'waiting';
-      entry.task = this.#scheduler.after(delayMs, () => {
+      entry.retryAt = Date.now() + delayMs;
+      entry.retry = this.#scheduler.after(delayMs, () => {
+        entry.retry = undefined;
         if (entry.state === 'waiting' && !this.#closed) this.#enqueue(entry);
       });
-      await this.#renew(entry, delayMs + this.#invisibleMs);
+      // Kept invisible meanwhile by the keep-alive, like a held message: one long renewal that
+      // failed (a proxy outage) would let the broker redeliver it, and count an attempt, while
+      // it is still ours.
+      await this.#renew(entry, this.#invisibleMs);
+      if (entry.state === 'waiting') this.#keepAlive(entry);
       return;
     }
     entry.state = 'settling';
-    let acked = false;
     const work = (async () => {
       try {
         await entry.renewing;
         if (delayMs === undefined) await this.#consumer.ack(entry.view);
         else await this.#consumer.changeInvisibleDuration(entry.view, delayMs || RELEASE_INVISIBLE_MS);
-        acked = true;
       } catch (err) {
+        this.#settleFailed(entry);
         throw toRocketMqError(err, this.#ctx(action));
-      } finally {
-        // Settled once acked; a redelivery seen meanwhile is then a duplicate of an acked message.
-        if (acked) entry.redelivered = undefined;
-        this.#forget(entry);
       }
+      // Settled; a redelivery seen meanwhile is a duplicate of an acked message.
+      entry.redelivered = undefined;
+      this.#forget(entry);
     })();
-    this.#settles.add(work);
-    try {
-      await work;
-    } finally {
-      this.#settles.delete(work);
+    this.#track(work);
+    await work;
+  }
+
+  /**
+   * The ack or release did not reach the broker (the proxy restarting), so the broker will
+   * redeliver the message. A FIFO head keeps its group blocked until that redelivery arrives, so
+   * the group's next message cannot overtake it; if none comes (the ack did land after all), the
+   * group moves on when the message's invisible time plus a margin has passed.
+   */
+  #settleFailed(entry: Entry): void {
+    if (entry.key === undefined || this.#closed) {
+      this.#forget(entry);
+      return;
     }
+    const redelivered = entry.redelivered;
+    entry.redelivered = undefined;
+    if (redelivered !== undefined) {
+      entry.view = redelivered;
+      entry.since = Date.now();
+      this.#enqueue(entry);
+      return;
+    }
+    entry.state = 'awaiting';
+    const deadline = Math.max(0, entry.since + this.#invisibleMs - Date.now()) + AWAIT_REDELIVERY_MARGIN_MS;
+    entry.task = this.#scheduler.after(deadline, () => {
+      if (entry.state === 'awaiting') this.#forget(entry);
+    });
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Delivery, undefined> {
@@ -541,21 +585,28 @@ export class RocketMqSubscription implements Subscription {
 
   /** Makes every received-but-unsettled message visible again at once. */
   async #releaseAll(): Promise<void> {
-    const views: MessageView[] = [];
+    const releases: Array<{ view: MessageView; invisibleMs: number }> = [];
+    const now = Date.now();
     for (const entry of this.#entries.values()) {
       if (entry.current) entry.current.expired = true;
       entry.current = undefined;
       entry.task = undefined;
-      views.push(entry.redelivered ?? entry.view);
+      entry.retry = undefined;
+      // A nacked message keeps what is left of its nack delay.
+      const invisibleMs =
+        entry.state === 'waiting'
+          ? Math.max(RELEASE_INVISIBLE_MS, entry.retryAt - now)
+          : RELEASE_INVISIBLE_MS;
+      releases.push({ view: entry.redelivered ?? entry.view, invisibleMs });
     }
-    views.push(...this.#orphans);
+    for (const view of this.#orphans) releases.push({ view, invisibleMs: RELEASE_INVISIBLE_MS });
     this.#entries.clear();
     this.#chains.clear();
     this.#out = 0;
     this.#orphans = [];
-    if (views.length === 0) return;
+    if (releases.length === 0) return;
     const results = await Promise.allSettled(
-      views.map((v) => this.#consumer.changeInvisibleDuration(v, RELEASE_INVISIBLE_MS)),
+      releases.map((r) => this.#consumer.changeInvisibleDuration(r.view, r.invisibleMs)),
     );
     const failed = results.filter((r) => r.status === 'rejected').length;
     if (failed > 0) {
@@ -564,7 +615,7 @@ export class RocketMqSubscription implements Subscription {
           topic: this.topic,
           group: this.group,
           failed,
-          total: views.length,
+          total: releases.length,
           invisibleMs: this.#invisibleMs,
         },
         'rocketmq: could not release some deliveries on close; they become visible when their invisible time ends',

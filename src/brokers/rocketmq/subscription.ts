@@ -170,6 +170,8 @@ export class RocketMqSubscription implements Subscription {
   readonly #entries = new Map<string, Entry>();
   /** ordered: FIFO group → messages waiting behind the group's head (queued, out or waiting). */
   readonly #chains = new Map<string, Entry[]>();
+  /** ordered: FIFO groups whose head is `awaiting` the broker's redelivery. */
+  readonly #awaiting = new Set<string>();
   readonly #settles = new Set<Promise<unknown>>();
   readonly #room = new Notifier();
   readonly #abort = new AbortController();
@@ -337,18 +339,26 @@ export class RocketMqSubscription implements Subscription {
   }
 
   #enqueue(entry: Entry): void {
+    if (entry.state === 'awaiting' && entry.key !== undefined) this.#awaiting.delete(entry.key);
     entry.state = 'queued';
     this.#keepAlive(entry);
     this.#queue.push(entry);
   }
 
   /** While a message waits here, renew its invisible time before the broker redelivers it. */
-  #keepAlive(entry: Entry): void {
+  #keepAlive(entry: Entry, dueMs?: number): void {
     entry.task?.cancel();
     const invisibleMs = this.#invisibleMs;
-    const due = Math.max(0, entry.since + invisibleMs / 2 - Date.now());
+    const due = dueMs ?? Math.max(0, entry.since + invisibleMs / 2 - Date.now());
     entry.task = this.#scheduler.after(due, () => {
       if (entry.state !== 'queued' && entry.state !== 'held' && entry.state !== 'waiting') return;
+      if (entry.state === 'held' && entry.key !== undefined && this.#awaiting.has(entry.key)) {
+        // Its group's head awaits the broker's redelivery, which a FIFO queue gives only once
+        // every unacked message of the batch is visible again: let this one lapse too, and
+        // look again later (its redelivery resets `since`).
+        this.#keepAlive(entry, invisibleMs / 2);
+        return;
+      }
       void this.#renew(entry, invisibleMs);
       this.#keepAlive(entry);
     });
@@ -448,6 +458,7 @@ export class RocketMqSubscription implements Subscription {
 
   /** Drops a settled entry; its FIFO group's next message is handed out. */
   #forget(entry: Entry): void {
+    if (entry.state === 'awaiting' && entry.key !== undefined) this.#awaiting.delete(entry.key);
     entry.task?.cancel();
     entry.task = undefined;
     entry.retry?.cancel();
@@ -520,7 +531,7 @@ export class RocketMqSubscription implements Subscription {
    * The ack or release did not reach the broker (the proxy restarting), so the broker will
    * redeliver the message. A FIFO head keeps its group blocked until that redelivery arrives, so
    * the group's next message cannot overtake it; if none comes (the ack did land after all), the
-   * group moves on when the message's invisible time plus a margin has passed.
+   * group moves on after one invisible time plus a margin.
    */
   #settleFailed(entry: Entry): void {
     if (entry.key === undefined || this.#closed) {
@@ -536,8 +547,10 @@ export class RocketMqSubscription implements Subscription {
       return;
     }
     entry.state = 'awaiting';
-    const deadline = Math.max(0, entry.since + this.#invisibleMs - Date.now()) + AWAIT_REDELIVERY_MARGIN_MS;
-    entry.task = this.#scheduler.after(deadline, () => {
+    this.#awaiting.add(entry.key);
+    // Its held followers stop being renewed now, so all of them are visible again, and the
+    // broker re-serves the queue from this head, within one invisible time.
+    entry.task = this.#scheduler.after(this.#invisibleMs + AWAIT_REDELIVERY_MARGIN_MS, () => {
       if (entry.state === 'awaiting') this.#forget(entry);
     });
   }
@@ -602,6 +615,7 @@ export class RocketMqSubscription implements Subscription {
     for (const view of this.#orphans) releases.push({ view, invisibleMs: RELEASE_INVISIBLE_MS });
     this.#entries.clear();
     this.#chains.clear();
+    this.#awaiting.clear();
     this.#out = 0;
     this.#orphans = [];
     if (releases.length === 0) return;

@@ -6,15 +6,18 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { Subscription } from '../../../src/brokers/broker.js';
+import type { Delivery, Subscription } from '../../../src/brokers/broker.js';
+import type { RocketMqSubscription } from '../../../src/brokers/rocketmq/subscription.js';
+import { isMqError } from '../../../src/core/errors.js';
 import { bodyText } from '../../../src/core/message.js';
+import { Reader } from '../../support/behaviour.js';
 import { restartRocketMqProxy } from '../../support/brokers.js';
 import { eventually } from '../../support/leaks.js';
 import { MemoryLog, makeFifoGroups, openTestBroker, TopicPool } from './helpers.js';
 
 const TOTAL = 10_000;
 const KEYS = 16;
-const pool = new TopicPool({ normal: 0, fifo: 1, delay: 0, transaction: 0 });
+const pool = new TopicPool({ normal: 0, fifo: 2, delay: 0, transaction: 0 });
 
 describe('rocketmq no loss across a proxy restart and re-subscriptions', { timeout: 900_000 }, () => {
   test('10,000 FIFO messages: all delivered at least once, first deliveries in order', async () => {
@@ -128,6 +131,51 @@ describe('rocketmq no loss across a proxy restart and re-subscriptions', { timeo
           `key k${k} first deliveries in order`,
         );
       }
+    } finally {
+      await broker.close();
+    }
+  });
+  test("FIFO: a head whose ack is lost in a proxy outage still comes back before its group's next message", async () => {
+    // The broker hands out k:0 alone and, once it is acked, k:1..k:3 in one receive: k:2 and k:3
+    // then wait in the adapter behind k:1. k:1's ack fails while the proxy is down, so the broker
+    // redelivers k:1; k:2 must not be handed out before that redelivery.
+    const topic = await pool.topic('fifo');
+    const [group] = (await makeFifoGroups(1)) as [string];
+    const broker = await openTestBroker({ log: new MemoryLog() });
+    try {
+      const sub = await broker.subscribe({ topic, group, ordered: true, ackTimeoutMs: 60_000 });
+      const reader = new Reader(sub);
+      const producer = await broker.producer(topic);
+      for (let i = 0; i < 4; i++) await producer.send({ body: `k:${i}`, key: 'k' });
+      await producer.close();
+      const seen: string[] = [];
+      const take = async (what: string): Promise<Delivery> => {
+        const d = await reader.next(120_000, what);
+        seen.push(bodyText(d.message));
+        return d;
+      };
+      await (await take('k:0')).ack();
+      const head = await take('k:1');
+      await eventually(
+        () => (sub as RocketMqSubscription).pending === 3,
+        'k:2 and k:3 held behind k:1',
+        30_000,
+      );
+      let ackError: unknown;
+      await restartRocketMqProxy({
+        whileDown: async () => {
+          ackError = await head.ack().then(
+            () => undefined,
+            (err: unknown) => err,
+          );
+        },
+      }).catch((err) => console.log(`restartRocketMqProxy reported: ${String(err).split('\n')[0]}`));
+      assert.ok(isMqError(ackError), `the ack failed while the proxy was down (${String(ackError)})`);
+      await eventually(async () => (await broker.health()).ok, 'the proxy answering again', 180_000);
+      // The broker redelivers k:1 when its invisible time (60 s from its receive) has passed.
+      for (let n = 0; n < 3; n++) await (await take(`delivery ${n + 1} after the restart`)).ack();
+      assert.deepEqual(seen, ['k:0', 'k:1', 'k:1', 'k:2', 'k:3'], 'k:1 redelivered before k:2 and k:3');
+      await sub.close();
     } finally {
       await broker.close();
     }

@@ -73,8 +73,13 @@ export interface RocketMqSubscriptionOptions {
  * it would be without the gateway.
  */
 const LOCAL_RETRY_LIMIT = 16;
-/** How long past its invisible time a FIFO head whose ack failed waits for the broker's redelivery. */
+/** A FIFO head whose ack failed waits one invisible time plus this for the broker's redelivery. */
 const AWAIT_REDELIVERY_MARGIN_MS = 10_000;
+
+/** Redeliveries so far: the broker's (its delivery attempts after the first) plus the adapter's. */
+function reconsumeCount(view: MessageView, localAttempts: number): number {
+  return Math.max(0, (view.deliveryAttempt ?? 1) - 1) + localAttempts;
+}
 
 function toMessage(view: MessageView, localAttempts: number): Message {
   const properties: Record<string, string> = {};
@@ -94,7 +99,7 @@ function toMessage(view: MessageView, localAttempts: number): Message {
     properties,
     deliverAt: view.deliveryTimestamp?.getTime(),
     bornAt: view.bornTimestamp?.getTime() ?? Date.now(),
-    reconsumeCount: Math.max(0, (view.deliveryAttempt ?? 1) - 1) + localAttempts,
+    reconsumeCount: reconsumeCount(view, localAttempts),
   };
 }
 
@@ -168,10 +173,8 @@ export class RocketMqSubscription implements Subscription {
   readonly #queue = new AsyncQueue<Entry>();
   /** Every received, unsettled message by id; its size bounds what is received. */
   readonly #entries = new Map<string, Entry>();
-  /** ordered: FIFO group → messages waiting behind the group's head (queued, out or waiting). */
-  readonly #chains = new Map<string, Entry[]>();
-  /** ordered: FIFO groups whose head is `awaiting` the broker's redelivery. */
-  readonly #awaiting = new Set<string>();
+  /** ordered: FIFO group → its head (queued, out, waiting or awaiting) and the messages held behind it. */
+  readonly #chains = new Map<string, { head: Entry; held: Entry[] }>();
   readonly #settles = new Set<Promise<unknown>>();
   readonly #room = new Notifier();
   readonly #abort = new AbortController();
@@ -329,17 +332,16 @@ export class RocketMqSubscription implements Subscription {
       const chain = this.#chains.get(entry.key);
       if (chain !== undefined) {
         entry.state = 'held';
-        chain.push(entry);
+        chain.held.push(entry);
         this.#keepAlive(entry);
         return;
       }
-      this.#chains.set(entry.key, []);
+      this.#chains.set(entry.key, { head: entry, held: [] });
     }
     this.#enqueue(entry);
   }
 
   #enqueue(entry: Entry): void {
-    if (entry.state === 'awaiting' && entry.key !== undefined) this.#awaiting.delete(entry.key);
     entry.state = 'queued';
     this.#keepAlive(entry);
     this.#queue.push(entry);
@@ -352,7 +354,8 @@ export class RocketMqSubscription implements Subscription {
     const due = dueMs ?? Math.max(0, entry.since + invisibleMs / 2 - Date.now());
     entry.task = this.#scheduler.after(due, () => {
       if (entry.state !== 'queued' && entry.state !== 'held' && entry.state !== 'waiting') return;
-      if (entry.state === 'held' && entry.key !== undefined && this.#awaiting.has(entry.key)) {
+      const head = entry.key === undefined ? undefined : this.#chains.get(entry.key)?.head;
+      if (entry.state === 'held' && head?.state === 'awaiting') {
         // Its group's head awaits the broker's redelivery, which a FIFO queue gives only once
         // every unacked message of the batch is visible again: let this one lapse too, and
         // look again later (its redelivery resets `since`).
@@ -422,11 +425,11 @@ export class RocketMqSubscription implements Subscription {
     this.#out--;
   }
 
-  /** The adapter's own ack timeout (ackTimeoutMs below the proxy's minimum invisible time). */
+  /** The adapter's own ack timeout passed for a handed-out delivery. */
   #expire(entry: Entry, delivery: RocketMqDelivery): void {
     if (this.#closed || entry.current !== delivery) return;
     this.#void(entry);
-    if (entry.key !== undefined && this.#reconsumes(entry) < LOCAL_RETRY_LIMIT) {
+    if (this.#retriesHere(entry)) {
       entry.localAttempts++;
       this.#enqueue(entry);
       return;
@@ -444,8 +447,9 @@ export class RocketMqSubscription implements Subscription {
     this.#track(work.then(() => this.#forget(entry)));
   }
 
-  #reconsumes(entry: Entry): number {
-    return Math.max(0, (entry.view.deliveryAttempt ?? 1) - 1) + entry.localAttempts;
+  /** A FIFO message under the reconsume limit is retried here, ahead of its group. */
+  #retriesHere(entry: Entry): boolean {
+    return entry.key !== undefined && reconsumeCount(entry.view, entry.localAttempts) < LOCAL_RETRY_LIMIT;
   }
 
   #track(work: Promise<unknown>): void {
@@ -458,7 +462,6 @@ export class RocketMqSubscription implements Subscription {
 
   /** Drops a settled entry; its FIFO group's next message is handed out. */
   #forget(entry: Entry): void {
-    if (entry.state === 'awaiting' && entry.key !== undefined) this.#awaiting.delete(entry.key);
     entry.task?.cancel();
     entry.task = undefined;
     entry.retry?.cancel();
@@ -468,9 +471,13 @@ export class RocketMqSubscription implements Subscription {
     entry.redelivered = undefined;
     if (entry.key !== undefined && !this.#closed) {
       const chain = this.#chains.get(entry.key);
-      const next = chain?.shift();
-      if (next !== undefined) this.#enqueue(next);
-      else this.#chains.delete(entry.key);
+      const next = chain?.held.shift();
+      if (chain !== undefined && next !== undefined) {
+        chain.head = next;
+        this.#enqueue(next);
+      } else {
+        this.#chains.delete(entry.key);
+      }
     }
     this.#room.notifyAll();
     // A redelivery that came in while an ack failed is a delivery of its own.
@@ -493,7 +500,7 @@ export class RocketMqSubscription implements Subscription {
       );
     }
     this.#void(entry);
-    if (delayMs !== undefined && entry.key !== undefined && this.#reconsumes(entry) < LOCAL_RETRY_LIMIT) {
+    if (delayMs !== undefined && this.#retriesHere(entry)) {
       // FIFO retry, here and first in its group. The broker only keeps it invisible meanwhile.
       entry.localAttempts++;
       entry.state = 'waiting';
@@ -547,7 +554,6 @@ export class RocketMqSubscription implements Subscription {
       return;
     }
     entry.state = 'awaiting';
-    this.#awaiting.add(entry.key);
     // Its held followers stop being renewed now, so all of them are visible again, and the
     // broker re-serves the queue from this head, within one invisible time.
     entry.task = this.#scheduler.after(this.#invisibleMs + AWAIT_REDELIVERY_MARGIN_MS, () => {
@@ -615,7 +621,6 @@ export class RocketMqSubscription implements Subscription {
     for (const view of this.#orphans) releases.push({ view, invisibleMs: RELEASE_INVISIBLE_MS });
     this.#entries.clear();
     this.#chains.clear();
-    this.#awaiting.clear();
     this.#out = 0;
     this.#orphans = [];
     if (releases.length === 0) return;

@@ -101,6 +101,16 @@ export interface HealthStatus {
   readonly detail: string;
 }
 
+/** Counters an adapter may expose for the gateway's /metrics; every field is optional. */
+export interface BrokerCounters {
+  /** Consumer groups forgotten after their retention period without a subscription. */
+  readonly groupsExpired?: number;
+  /** Retained messages that no consumer group owed, dropped to make room for new ones. */
+  readonly backlogDropped?: number;
+  /** Bytes of messages the broker holds in this process (the embedded broker). */
+  readonly retainedBytes?: number;
+}
+
 export interface Broker {
   /** 'memory', 'kafka', 'rocketmq', 'nats': used in error messages and metrics. */
   readonly kind: string;
@@ -110,6 +120,8 @@ export interface Broker {
   producer(topic: string, options?: ProducerOptions): Promise<Producer>;
   subscribe(options: SubscribeOptions): Promise<Subscription>;
   health(): Promise<HealthStatus>;
+  /** Cheap counters for a metrics scrape, where the adapter keeps any. */
+  counters?(): BrokerCounters;
   /** Closes every producer and subscription it opened. Idempotent. */
   close(): Promise<void>;
 }

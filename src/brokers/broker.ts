@@ -71,6 +71,13 @@ export interface NackOptions {
   delayMs?: number | undefined;
   /** Why processing failed; kept on the message if it ends up in a dead-letter topic. */
   reason?: string | undefined;
+  /**
+   * The consumer never received this delivery (its stream stopped reading before the message
+   * could be written): where the adapter counts delivery attempts itself, this one is not
+   * counted, so a stuck client cannot push a message to the dead-letter topic. Brokers that count
+   * on the server (NATS, RocketMQ) count it anyway.
+   */
+  uncounted?: boolean | undefined;
 }
 
 export interface Delivery {

@@ -57,13 +57,52 @@ export function parseBrokerUrl(url: string): URL {
   return u;
 }
 
-/** Removes a password from a URL before it reaches a log or a metric label. */
+/** Query parameters whose values are credentials in some adapter's URL. */
+const SECRET_PARAM = /pass|secret|token|credential|sasl|auth|key$/i;
+
+/**
+ * The URL as it may appear in a log, a metric or an error: user, password (a NATS token sits in
+ * the user part) and any credential-like query parameter replaced by ***.
+ */
 export function redactUrl(url: string): string {
+  let u: URL;
   try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
+    u = parseBrokerUrl(url);
   } catch {
-    return url;
+    return '(an unparsable broker URL)';
   }
+  if (u.username) u.username = '***';
+  if (u.password) u.password = '***';
+  for (const name of [...u.searchParams.keys()]) {
+    if (SECRET_PARAM.test(name)) u.searchParams.set(name, '***');
+  }
+  return u.toString().replace(/%2A%2A%2A/g, '***');
+}
+
+/**
+ * Every credential written in a broker URL, as it appears in the URL and decoded, so that any
+ * text (a client library's error, a health detail) can be scrubbed of them.
+ */
+export function urlSecrets(url: string): string[] {
+  let u: URL;
+  try {
+    u = parseBrokerUrl(url);
+  } catch {
+    return [];
+  }
+  const raw = [u.username, u.password];
+  for (const [name, value] of u.searchParams) if (SECRET_PARAM.test(name)) raw.push(value);
+  const out = new Set<string>();
+  for (const s of raw) {
+    if (s.length < 3) continue;
+    out.add(s);
+    try {
+      const decoded = decodeURIComponent(s);
+      out.add(decoded);
+      out.add(encodeURIComponent(decoded));
+    } catch {
+      // a malformed escape: the raw form is still scrubbed
+    }
+  }
+  return [...out];
 }

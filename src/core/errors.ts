@@ -121,6 +121,17 @@ export function toMqError(err: unknown, code: ErrorCode = 'INTERNAL', context?: 
   return new MqError(code, context ? `${context}: ${text}` : text, { cause: err });
 }
 
+/**
+ * Quotes a caller's input for an error message or a log line: at most `max` characters, then the
+ * length. A message that echoed a 4 MiB topic name or tag expression in full would cost the
+ * gateway (and every log reader) that much again per refused call.
+ */
+export function quoteInput(value: unknown, max = 40): string {
+  const text = typeof value === 'string' ? value : String(value);
+  if (text.length <= max) return JSON.stringify(text);
+  return `${JSON.stringify(text.slice(0, max))}... (${text.length} characters)`;
+}
+
 /** Turns an AbortSignal's reason into the ABORTED error callers see. */
 export function abortError(signal: AbortSignal, what: string): MqError {
   return new MqError('ABORTED', `${what} was aborted`, { cause: signal.reason });

@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError, quoteInput } from './errors.js';
 
 /**
  * A RocketMQ-style tag expression: `*` (or empty) matches everything, `a||b` matches either tag.
@@ -22,7 +22,7 @@ export function parseTagExpression(expression: string | undefined): TagFilter {
   for (const part of parts) {
     if (!TAG_PATTERN.test(part)) {
       throw new InvalidArgumentError(
-        `invalid tag expression "${expression}": use "*" or tags joined by "||" (e.g. "a||b"); ` +
+        `invalid tag expression ${quoteInput(expression)}: use "*" or tags joined by "||" (e.g. "a||b"); ` +
           `a tag must be non-empty and contain no spaces, "|" or "*"`,
       );
     }

@@ -1,69 +1,44 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
-import { MqError } from '../core/errors.js';
+import { createHash } from 'node:crypto';
+import { quoteInput } from '../core/errors.js';
+import type { Principal } from './auth.js';
 
 /**
- * Who is calling. Resources are owned by a caller: the bearer-token principal (when auth is on)
- * plus the access key id and a digest of the secret. The seed's gateway reused producers by key
- * id alone, so one caller's key id reached another's authenticated producer.
+ * Who is calling, as the registries see it.
+ *
+ * - `owner`: the principal's name. Only the owner may use an id it created ('' for every caller
+ *   when auth is off: ids are then the capability).
+ * - `identity`: principal + access key id + a digest of the secret. Broker producers are shared
+ *   only within one identity, so one key id never reaches a producer opened with another's
+ *   secret, and cleanup by topic or group touches only the same identity's resources.
+ * - `quotaKey`: what per-caller limits count by: the principal when auth is on, the access key id
+ *   when off. Never the secret: a new secret must not buy a new quota.
  */
 export interface Caller {
-  readonly principal: string;
-  readonly accessKeyId: string;
-  readonly secretDigest: string;
-  /** Stable key for ownership checks and per-caller limits. */
+  readonly principal: Principal;
   readonly owner: string;
+  readonly accessKeyId: string;
+  readonly identity: string;
+  readonly quotaKey: string;
+  /** How errors and audit lines name this caller. */
+  readonly label: string;
 }
 
 export function digest(text: string): string {
   return createHash('sha256').update(text).digest('hex').slice(0, 32);
 }
 
-export function makeCaller(principal: string, accessKeyId: string, accessKeySecret: string): Caller {
-  const secretDigest = digest(accessKeySecret);
+export function makeCaller(principal: Principal, accessKeyId: string, accessKeySecret: string): Caller {
+  const authOn = principal.name !== '';
   return {
     principal,
+    owner: principal.name,
     accessKeyId,
-    secretDigest,
-    owner: `${principal}\u0000${accessKeyId}\u0000${secretDigest}`,
+    identity: `${principal.name}\u0000${accessKeyId}\u0000${digest(accessKeySecret)}`,
+    quotaKey: authOn ? principal.name : accessKeyId,
+    label: authOn
+      ? `principal "${principal.name}"`
+      : accessKeyId
+        ? `access key ${quoteInput(accessKeyId)}`
+        : 'callers without an access key',
   };
-}
-
-/** Checks `authorization: Bearer <token>` against the configured tokens (compared as digests). */
-export class Authenticator {
-  readonly #byDigest = new Map<string, { name: string; digest: Buffer }>();
-
-  constructor(tokens: Map<string, string>) {
-    for (const [token, name] of tokens) {
-      const d = createHash('sha256').update(token).digest();
-      this.#byDigest.set(d.toString('hex'), { name, digest: d });
-    }
-  }
-
-  get enabled(): boolean {
-    return this.#byDigest.size > 0;
-  }
-
-  /**
-   * Returns the principal name, '' when auth is off; throws UNAUTHENTICATED otherwise. The header
-   * is read lazily so calls skip the metadata look-up when auth is off (every call pays it).
-   */
-  authenticate(header: string | undefined | (() => string | undefined)): string {
-    if (!this.enabled) return '';
-    if (typeof header === 'function') header = header();
-    const m = header === undefined ? null : /^Bearer\s+(\S+)$/i.exec(header);
-    if (!m) {
-      throw new MqError(
-        'UNAUTHENTICATED',
-        "missing bearer token: send metadata 'authorization: Bearer <token>' with a token from AUTH_TOKENS",
-      );
-    }
-    const d = createHash('sha256')
-      .update(m[1] as string)
-      .digest();
-    const found = this.#byDigest.get(d.toString('hex'));
-    if (!found || !timingSafeEqual(found.digest, d)) {
-      throw new MqError('UNAUTHENTICATED', 'invalid bearer token in the authorization metadata');
-    }
-    return found.name;
-  }
 }

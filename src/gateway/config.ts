@@ -53,9 +53,25 @@ export interface GatewayConfig {
   maxMessageSize: number;
   maxProperties: number;
   maxBatchSize: number;
+  maxBatchBytes: number;
   maxProducersPerCaller: number;
   maxConsumersPerCaller: number;
+  maxTransactionsPerCaller: number;
+  maxProducerHandles: number;
+  maxSessions: number;
+  maxStreams: number;
+  maxPendingTransactions: number;
+  maxConnections: number;
+  maxHttpConnections: number;
+  connectionIdleTimeoutMs: number;
+  headersTimeoutMs: number;
+  streamBufferBytes: number;
+  streamStallTimeoutMs: number;
+  maxDelayMs: number;
+  maxNackDelayMs: number;
+  maxTransactionImmunityMs: number;
   authTokens: Map<string, string>;
+  authFile: string;
   tlsCert: string;
   tlsKey: string;
   insecure: boolean;
@@ -190,12 +206,20 @@ export const SETTINGS: readonly AnySetting[] = [
     help: 'Most messages in one SendMessages call, or receipt handles in one AckMessages call.',
   }),
   defineSetting({
+    key: 'maxBatchBytes',
+    env: 'MAX_BATCH_BYTES',
+    flag: '--max-batch-bytes',
+    kind: 'size',
+    default: '8MiB',
+    help: 'Largest SendMessages request in bytes; at least MAX_MESSAGE_SIZE plus 64 KiB.',
+  }),
+  defineSetting({
     key: 'maxProducersPerCaller',
     env: 'MAX_PRODUCERS_PER_CALLER',
     flag: '--max-producers-per-caller',
     kind: 'int',
     default: '1000',
-    help: 'Live producer handles one caller (access key id + secret) may hold.',
+    help: 'Live producer handles one caller may hold: one token principal when auth is on, one access key id when off.',
   }),
   defineSetting({
     key: 'maxConsumersPerCaller',
@@ -203,7 +227,119 @@ export const SETTINGS: readonly AnySetting[] = [
     flag: '--max-consumers-per-caller',
     kind: 'int',
     default: '1000',
-    help: 'Live consumer sessions one caller may hold.',
+    help: 'Live consumer sessions one caller may hold (counted as for MAX_PRODUCERS_PER_CALLER).',
+  }),
+  defineSetting({
+    key: 'maxTransactionsPerCaller',
+    env: 'MAX_TRANSACTIONS_PER_CALLER',
+    flag: '--max-transactions-per-caller',
+    kind: 'int',
+    default: '1000',
+    help: 'Transactions one caller may leave pending (neither committed nor rolled back).',
+  }),
+  defineSetting({
+    key: 'maxProducerHandles',
+    env: 'MAX_PRODUCER_HANDLES',
+    flag: '--max-producer-handles',
+    kind: 'int',
+    default: '100000',
+    help: 'Live producer handles across all callers.',
+  }),
+  defineSetting({
+    key: 'maxSessions',
+    env: 'MAX_SESSIONS',
+    flag: '--max-sessions',
+    kind: 'int',
+    default: '10000',
+    help: 'Live consumer sessions across all callers (each is a broker subscription).',
+  }),
+  defineSetting({
+    key: 'maxStreams',
+    env: 'MAX_STREAMS',
+    flag: '--max-streams',
+    kind: 'int',
+    default: '10000',
+    help: 'Open consumer streams across all callers.',
+  }),
+  defineSetting({
+    key: 'maxPendingTransactions',
+    env: 'MAX_PENDING_TRANSACTIONS',
+    flag: '--max-pending-transactions',
+    kind: 'int',
+    default: '10000',
+    help: 'Pending transactions across all callers.',
+  }),
+  defineSetting({
+    key: 'maxConnections',
+    env: 'MAX_CONNECTIONS',
+    flag: '--max-connections',
+    kind: 'int',
+    default: '4096',
+    help: 'Open connections on the gRPC port; more are closed as they arrive.',
+  }),
+  defineSetting({
+    key: 'maxHttpConnections',
+    env: 'MAX_HTTP_CONNECTIONS',
+    flag: '--max-http-connections',
+    kind: 'int',
+    default: '256',
+    help: 'Open connections on the HTTP (metrics) port; more are closed as they arrive.',
+  }),
+  defineSetting({
+    key: 'connectionIdleTimeoutMs',
+    env: 'CONNECTION_IDLE_TIMEOUT',
+    flag: '--connection-idle-timeout',
+    kind: 'duration',
+    default: '5m',
+    help: 'A gRPC connection without a call, or an HTTP connection without traffic, for this long is closed.',
+  }),
+  defineSetting({
+    key: 'headersTimeoutMs',
+    env: 'HEADERS_TIMEOUT',
+    flag: '--headers-timeout',
+    kind: 'duration',
+    default: '10s',
+    help: 'A new connection must send a complete call (gRPC) or request headers (HTTP) within this long, or it is closed.',
+  }),
+  defineSetting({
+    key: 'streamBufferBytes',
+    env: 'STREAM_BUFFER_BYTES',
+    flag: '--stream-buffer-bytes',
+    kind: 'size',
+    default: '1MiB',
+    help: 'Bytes of deliveries one stream may have waiting to be written to its client (one message always may); at the limit the stream waits for the client to read.',
+  }),
+  defineSetting({
+    key: 'streamStallTimeoutMs',
+    env: 'STREAM_STALL_TIMEOUT',
+    flag: '--stream-stall-timeout',
+    kind: 'duration',
+    default: '30s',
+    help: 'A stream whose client reads nothing for this long while deliveries wait is ended (RESOURCE_EXHAUSTED) and its deliveries released without counting as attempts.',
+  }),
+  defineSetting({
+    key: 'maxDelayMs',
+    env: 'MAX_DELAY',
+    flag: '--max-delay',
+    kind: 'duration',
+    default: '3d',
+    help: "Furthest start_deliver_time accepted, from now (RocketMQ's own default limit).",
+  }),
+  defineSetting({
+    key: 'maxNackDelayMs',
+    env: 'MAX_NACK_DELAY',
+    flag: '--max-nack-delay',
+    kind: 'duration',
+    default: '12h',
+    help: 'Longest delay_ms accepted by NackMessage.',
+  }),
+  defineSetting({
+    key: 'maxTransactionImmunityMs',
+    env: 'MAX_TRANSACTION_IMMUNITY',
+    flag: '--max-transaction-immunity',
+    kind: 'duration',
+    default: '1h',
+    help: 'Longest trans_check_immunity_time accepted: how long a transaction may stay pending before it is committed.',
   }),
   defineSetting({
     key: 'authTokens',
@@ -211,7 +347,15 @@ export const SETTINGS: readonly AnySetting[] = [
     flag: '--auth-tokens',
     kind: 'tokens',
     default: '',
-    help: "Bearer tokens accepted in the 'authorization' metadata, comma-separated, each 'name:token' or a token; empty disables auth. '@file' reads them from a file.",
+    help: "Bearer tokens accepted in the 'authorization' metadata, comma-separated, each 'name:token' or a token; each may publish and consume any topic that is not reserved. '@file' reads them from a file. With neither this nor AUTH_FILE, auth is off.",
+  }),
+  defineSetting({
+    key: 'authFile',
+    env: 'AUTH_FILE',
+    flag: '--auth-file',
+    kind: 'string',
+    default: '',
+    help: 'A JSON or YAML file of principals: each with its token (or tokenSha256) and the topic and group patterns it may publish to, consume and use. See the Security section of the README.',
   }),
   defineSetting({
     key: 'tlsCert',
@@ -257,7 +401,7 @@ export const SETTINGS: readonly AnySetting[] = [
 
 const ACCEPTS: Record<Kind, string> = {
   port: 'an integer from 0 to 65535',
-  duration: 'a duration such as 500ms, 30s, 2m, 1h',
+  duration: 'a duration such as 500ms, 30s, 2m, 1h, 3d',
   int: 'a positive integer',
   size: 'a size in bytes, optionally with KiB or MiB (e.g. 4MiB)',
   bool: 'true or false',
@@ -403,6 +547,11 @@ export function loadConfig(
     else out[s.key] = parseValue(s, s.default, 'default');
   }
   const config = out as unknown as GatewayConfig;
+  if (config.maxBatchBytes < config.maxMessageSize + 64 * 1024) {
+    throw new InvalidArgumentError(
+      `MAX_BATCH_BYTES (${config.maxBatchBytes}) must be at least MAX_MESSAGE_SIZE + 64 KiB (${config.maxMessageSize + 64 * 1024}) so a batch can hold one largest message`,
+    );
+  }
   if ((config.tlsCert === '') !== (config.tlsKey === '')) {
     throw new InvalidArgumentError('TLS_CERT and TLS_KEY must be given together (PEM files), or neither');
   }

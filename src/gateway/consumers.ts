@@ -1,86 +1,399 @@
 import { randomUUID } from 'node:crypto';
 import type { Delivery, Subscription } from '../brokers/broker.js';
-import { MqError, NotFoundError, ResourceExhaustedError } from '../core/errors.js';
+import { MqError, NotFoundError, quoteInput } from '../core/errors.js';
 import { closeAll, Notifier } from '../core/lifecycle.js';
 import type { Message } from '../core/message.js';
+import type { Audit } from './audit.js';
 import type { Caller } from './callers.js';
 import type { Logger } from './log.js';
 import type { GatewayMetrics } from './metrics.js';
+import { type Owned, OwnedMap } from './owned.js';
+import { Quota } from './quota.js';
 import type { BrokerRef } from './routing.js';
 
 /**
  * Consumer sessions. A session is what CreateConsumer returns: one broker subscription (group,
  * topic, tag expression) that outlives any single ReceiveMessages stream.
  *
- * The seed counted a message as consumed once buffered, lost the buffer when a stream ended, and
- * its AckMessage did nothing. Here a delivery stays unacked until AckMessage; when the stream ends
- * every unacked delivery goes back to the broker at once, and one unacked past ACK_TIMEOUT is
- * released for redelivery (reconsume_times + 1). The session pulls from the broker only while its
- * unacked deliveries are under MESSAGE_BUFFER_SIZE and the stream accepts writes: backpressure,
- * never a drop.
+ * A delivery stays unacked until AckMessage; when the stream ends every unacked delivery goes back
+ * to the broker at once, and one unacked past ACK_TIMEOUT is released for redelivery
+ * (reconsume_times + 1). The session pulls from the broker only while its unacked deliveries are
+ * under MESSAGE_BUFFER_SIZE and the stream's unwritten bytes are under STREAM_BUFFER_BYTES:
+ * backpressure, never a drop.
+ *
+ * A client that stops reading its stream gets no more writes (the transport holds what was
+ * written, and nothing is written again while it does), its deliveries' ack clocks do not start
+ * until the transport has taken them, and after STREAM_STALL_TIMEOUT without progress the stream
+ * is ended and its deliveries released without counting as delivery attempts.
  */
 
 /** Where a session writes: the gRPC layer adapts its server stream to this. */
 export interface DeliverySink {
-  /** Writes one message; false means the transport buffer is full: wait for drained(). */
-  write(message: Message, receiptHandle: string): boolean;
-  drained(): Promise<void>;
+  /**
+   * Writes one message. `flushed` runs once the transport has taken its bytes, which needs the
+   * peer's flow-control window: a client that does not read never lets it run.
+   */
+  write(message: Message, receiptHandle: string, flushed: () => void): void;
   /** Ends the stream: OK when error is undefined. */
   end(error?: MqError): void;
+  /**
+   * Ends a stream whose peer stopped reading. Its status cannot get past the unread data, so the
+   * sink cuts the transport when the call has not finished shortly after.
+   */
+  abort(error: MqError): void;
 }
 
 interface InFlight {
+  readonly rh: string;
   readonly delivery: Delivery;
-  readonly at: number;
-}
-
-interface Attachment {
-  readonly sink: DeliverySink;
-  readonly detached: Promise<typeof DETACHED>;
-  detach: () => void;
+  readonly bytes: number;
+  /** When the transport took it: the ack clock starts here. 0 while it is not written yet. */
+  flushedAt: number;
+  /** An ack or nack under way: the entry stays until the broker confirms it. */
+  settling: Promise<void> | undefined;
 }
 
 const DETACHED = Symbol('detached');
 const RECENT_ACKS = 4096;
+/**
+ * Messages a stream may have in transit before the pump waits, whatever their size: grpc-js's
+ * own write queue for a stream holds 16 before it asks for a pause.
+ */
+const MAX_UNFLUSHED_MESSAGES = 16;
 
-export interface Session {
-  readonly id: string;
-  readonly caller: Caller;
-  readonly endpoint: string;
-  readonly topic: string;
-  readonly group: string;
-  readonly tagExpression: string;
-  readonly subscription: Subscription;
-  readonly iterator: AsyncIterator<Delivery>;
-  pendingNext: Promise<IteratorResult<Delivery>> | undefined;
-  readonly inFlight: Map<string, InFlight>;
-  readonly recentAcks: Set<string>;
-  readonly room: Notifier;
-  attachment: Attachment | undefined;
-  pump: Promise<void> | undefined;
-  detachedAt: number;
-  seq: number;
-  full: boolean;
-  closed: boolean;
+/** A stream's footprint in transit; nothing more is written while it is at the limit. */
+class Attachment {
+  unflushedBytes = 0;
+  unflushedCount = 0;
+  /** Last time the transport took a write (or the stream attached). */
+  progressAt = Date.now();
+  readonly detached: Promise<typeof DETACHED>;
+  #resolve!: (v: typeof DETACHED) => void;
+
+  constructor(readonly sink: DeliverySink) {
+    this.detached = new Promise((resolve) => {
+      this.#resolve = resolve;
+    });
+  }
+
+  detach(): void {
+    this.#resolve(DETACHED);
+  }
 }
+
+/** Rough bytes a message costs while it waits in a stream (body, metadata, framing). */
+function messageBytes(m: Message): number {
+  let n = m.body.byteLength + m.id.length + m.topic.length + 64;
+  for (const k in m.properties) n += k.length + (m.properties[k]?.length ?? 0);
+  return n;
+}
+
+const notFound = (id: string): NotFoundError =>
+  new NotFoundError(
+    `consumer ${quoteInput(id)} not found: it was cleaned up, or expired after CONSUMER_CLEANUP_TIMEOUT without a stream; call CreateConsumer again`,
+  );
 
 export interface ConsumerRegistryOptions {
   bufferSize: number;
+  /** Unwritten bytes one stream may hold in transit (one message is always allowed). */
+  streamBufferBytes: number;
+  /** A stream with unwritten deliveries and no progress for this long is ended. */
+  streamStallTimeoutMs: number;
   ackTimeoutMs: number;
   cleanupTimeoutMs: number;
   maxPerCaller: number;
+  maxSessions: number;
+  maxStreams: number;
   metrics: GatewayMetrics;
+  audit: Audit;
   log: Logger;
 }
 
+export interface SessionInput {
+  ref: BrokerRef;
+  endpoint: string;
+  caller: Caller;
+  accessKeySecret: string;
+  topic: string;
+  group: string;
+  tagExpression: string;
+}
+
+/** One consumer session: its broker subscription, its unacked deliveries and its stream. */
+export class Session implements Owned {
+  readonly id = randomUUID();
+  readonly owner: string;
+  readonly inFlight = new Map<string, InFlight>();
+  readonly #recentAcks = new Set<string>();
+  readonly #room = new Notifier();
+  readonly #iterator: AsyncIterator<Delivery>;
+  #pendingNext: Promise<IteratorResult<Delivery>> | undefined;
+  #attachment: Attachment | undefined;
+  #pump: Promise<void> | undefined;
+  #full = false;
+  #closed = false;
+  /** When the last stream ended (or the session was created): the cleanup clock. */
+  detachedAt = Date.now();
+
+  constructor(
+    readonly caller: Caller,
+    readonly input: SessionInput,
+    readonly subscription: Subscription,
+    readonly registry: ConsumerRegistry,
+    readonly opts: ConsumerRegistryOptions,
+  ) {
+    this.owner = caller.owner;
+    this.#iterator = subscription[Symbol.asyncIterator]();
+  }
+
+  get attached(): boolean {
+    return this.#attachment !== undefined;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Starts writing to `sink`; resolves when this stream's pump stops. */
+  attach(sink: DeliverySink): { detach: () => void; done: Promise<void> } {
+    if (this.#attachment) {
+      throw new MqError(
+        'FAILED_PRECONDITION',
+        `consumer ${quoteInput(this.id)} already has an active stream; one stream per consumer: close it first or create another consumer in the same group`,
+      );
+    }
+    const a = new Attachment(sink);
+    this.#attachment = a;
+    const done = this.#runPump(a).catch((err) => {
+      this.opts.log.error({ err, consumerId: this.id }, 'consumer stream pump failed');
+      sink.end(
+        err instanceof MqError ? err : new MqError('INTERNAL', 'delivery loop failed', { cause: err }),
+      );
+    });
+    this.#pump = done;
+    return { detach: () => this.#detach(a), done };
+  }
+
+  /**
+   * Acks a delivery. It counts as acked only once the broker confirmed it: a retry after a failed
+   * ack acks again instead of being told it succeeded.
+   */
+  ack(receiptHandle: string): Promise<void> {
+    const e = this.inFlight.get(receiptHandle);
+    if (!e) {
+      if (this.#recentAcks.has(receiptHandle)) return Promise.resolve();
+      return Promise.reject(this.#notPending(receiptHandle));
+    }
+    return this.#settle(e, () => e.delivery.ack(), true);
+  }
+
+  nack(receiptHandle: string, delayMs: number): Promise<void> {
+    const e = this.inFlight.get(receiptHandle);
+    if (!e) return Promise.reject(this.#notPending(receiptHandle));
+    return this.#settle(e, () => e.delivery.nack({ delayMs }), false);
+  }
+
+  #settle(e: InFlight, op: () => Promise<void>, ack: boolean): Promise<void> {
+    // A second ack of the same delivery while the first is under way shares its outcome.
+    if (e.settling) return e.settling;
+    const counts = this.opts.metrics.counts;
+    e.settling = op().then(
+      () => {
+        if (this.inFlight.get(e.rh) === e) this.inFlight.delete(e.rh);
+        if (ack) {
+          this.#recentAcks.add(e.rh);
+          if (this.#recentAcks.size > RECENT_ACKS) {
+            const oldest = this.#recentAcks.values().next().value;
+            if (oldest !== undefined) this.#recentAcks.delete(oldest);
+          }
+          counts.messagesAcked++;
+        } else counts.messagesNacked++;
+        this.#room.notifyAll();
+      },
+      (err: unknown) => {
+        e.settling = undefined;
+        // The stream ended while the broker was asked: nobody holds the delivery any more.
+        if (this.inFlight.get(e.rh) !== e) this.#release(e, true);
+        throw err;
+      },
+    );
+    return e.settling;
+  }
+
+  #notPending(rh: string): NotFoundError {
+    return new NotFoundError(
+      `receipt handle ${quoteInput(rh)} is not pending on consumer ${quoteInput(this.id)}: unknown, or already released for redelivery (ack timeout or stream end)`,
+    );
+  }
+
+  /**
+   * Periodic work: releases deliveries past the ack timeout and ends a stream that has stopped
+   * reading. Returns true when the session has been without a stream too long.
+   */
+  sweep(now: number): boolean {
+    const a = this.#attachment;
+    if (a && a.unflushedCount > 0 && now - a.progressAt > this.opts.streamStallTimeoutMs) this.#stall(a);
+    let released = false;
+    for (const e of this.inFlight.values()) {
+      if (e.settling) continue;
+      // Flushes happen in write order, so the first unwritten or young entry ends the scan.
+      if (e.flushedAt === 0 || now - e.flushedAt < this.opts.ackTimeoutMs) break;
+      this.inFlight.delete(e.rh);
+      this.#release(e, true);
+      released = true;
+    }
+    if (released) this.#room.notifyAll();
+    return !this.#attachment && now - this.detachedAt > this.opts.cleanupTimeoutMs;
+  }
+
+  #stall(a: Attachment): void {
+    const count = a.unflushedCount;
+    const bytes = a.unflushedBytes;
+    this.opts.metrics.counts.streamsStalled++;
+    this.opts.log.warn(
+      { consumerId: this.id, owner: this.owner, unwritten: count, bytes },
+      'stream read nothing for STREAM_STALL_TIMEOUT: ended, its deliveries released',
+    );
+    this.#detach(a);
+    a.sink.abort(
+      new MqError(
+        'RESOURCE_EXHAUSTED',
+        `the stream read nothing for ${this.opts.streamStallTimeoutMs} ms (STREAM_STALL_TIMEOUT) while ${count} deliveries (${bytes} bytes) waited to be written; they were released for redelivery. Read the stream continuously, then reconnect`,
+      ),
+    );
+  }
+
+  /** Ends the stream (if any) with `error`, releasing its unacked deliveries. */
+  endStream(error: MqError): void {
+    const a = this.#attachment;
+    if (!a) return;
+    this.#detach(a);
+    a.sink.end(error);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const a = this.#attachment;
+    if (a) {
+      this.#detach(a);
+      a.sink.end();
+    }
+    this.#room.notifyAll();
+    await closeAll([() => this.subscription.close(), () => this.#pump]);
+  }
+
+  async #runPump(a: Attachment): Promise<void> {
+    const cap = this.opts.bufferSize;
+    const maxBytes = this.opts.streamBufferBytes;
+    const counts = this.opts.metrics.counts;
+    while (this.#attachment === a && !this.#closed) {
+      const full = this.inFlight.size >= cap;
+      const transit =
+        a.unflushedCount >= MAX_UNFLUSHED_MESSAGES || (a.unflushedCount > 0 && a.unflushedBytes >= maxBytes);
+      if (full || transit) {
+        if (full && !this.#full) {
+          this.#full = true;
+          counts.channelFullEvents++;
+        }
+        // Woken by an ack, a nack, a release, a flush or the end of the stream.
+        const ac = new AbortController();
+        await Promise.race([this.#room.wait(ac.signal).catch(() => {}), a.detached]);
+        ac.abort();
+        continue;
+      }
+      this.#full = false;
+      this.#pendingNext ??= this.#iterator.next();
+      const r = await Promise.race([this.#pendingNext, a.detached]);
+      // On detach the pending pull stays with the session: the next stream picks it up, so no
+      // delivery is orphaned and the broker is not asked twice.
+      if (r === DETACHED) return;
+      this.#pendingNext = undefined;
+      if (r.done) {
+        if (this.#attachment === a) {
+          this.#detach(a);
+          a.sink.end(new MqError('UNAVAILABLE', 'the broker subscription ended; reconnect to resume'));
+        }
+        return;
+      }
+      const delivery = r.value;
+      if (this.#attachment !== a || this.#closed) {
+        this.#release({ rh: '', delivery, bytes: 0, flushedAt: 0, settling: undefined }, false);
+        return;
+      }
+      const e: InFlight = {
+        rh: randomUUID(),
+        delivery,
+        bytes: messageBytes(delivery.message),
+        flushedAt: 0,
+        settling: undefined,
+      };
+      this.inFlight.set(e.rh, e);
+      a.unflushedBytes += e.bytes;
+      a.unflushedCount++;
+      counts.messagesDelivered++;
+      a.sink.write(delivery.message, e.rh, () => {
+        const now = Date.now();
+        a.unflushedBytes -= e.bytes;
+        a.unflushedCount--;
+        a.progressAt = now;
+        if (this.inFlight.get(e.rh) === e) e.flushedAt = now;
+        this.#room.notifyAll();
+      });
+    }
+  }
+
+  #detach(a: Attachment): void {
+    if (this.#attachment !== a) return;
+    this.#attachment = undefined;
+    this.detachedAt = Date.now();
+    a.detach();
+    this.registry.streamEnded(this);
+    // Every delivery the stream held goes back to the broker at once; one the client never
+    // received (still unwritten) does not count as a delivery attempt.
+    for (const e of this.inFlight.values()) {
+      if (!e.settling) this.#release(e, e.flushedAt !== 0);
+    }
+    this.inFlight.clear();
+    this.#room.notifyAll();
+  }
+
+  #release(e: InFlight, attempted: boolean): void {
+    this.opts.metrics.counts.messagesRedelivered++;
+    e.delivery.nack({ delayMs: 0, uncounted: !attempted }).catch((err: unknown) => {
+      // NOT_FOUND means the broker already took it back (its own visibility timeout): fine.
+      if (!(err instanceof MqError && err.code === 'NOT_FOUND')) {
+        this.opts.log.warn(
+          { err },
+          'could not release a delivery; the broker redelivers it after its ack timeout',
+        );
+      }
+    });
+  }
+}
+
 export class ConsumerRegistry {
-  readonly #sessions = new Map<string, Session>();
-  readonly #perCaller = new Map<string, number>();
+  readonly #sessions: OwnedMap<Session>;
+  readonly #quota: Quota;
+  readonly #streams: Quota;
   readonly #opts: ConsumerRegistryOptions;
   #closed = false;
 
   constructor(options: ConsumerRegistryOptions) {
     this.#opts = options;
+    this.#sessions = new OwnedMap('consumer', notFound, options.audit);
+    this.#quota = new Quota(
+      'consumer sessions',
+      { limit: options.maxPerCaller, setting: 'MAX_CONSUMERS_PER_CALLER' },
+      { limit: options.maxSessions, setting: 'MAX_SESSIONS' },
+      options.audit,
+    );
+    this.#streams = new Quota(
+      'streams',
+      undefined,
+      { limit: options.maxStreams, setting: 'MAX_STREAMS' },
+      options.audit,
+    );
   }
 
   get sessionCount(): number {
@@ -88,9 +401,7 @@ export class ConsumerRegistry {
   }
 
   get streamCount(): number {
-    let n = 0;
-    for (const s of this.#sessions.values()) if (s.attachment) n++;
-    return n;
+    return this.#streams.total;
   }
 
   get inFlightCount(): number {
@@ -99,27 +410,11 @@ export class ConsumerRegistry {
     return n;
   }
 
-  async create(input: {
-    ref: BrokerRef;
-    endpoint: string;
-    caller: Caller;
-    accessKeySecret: string;
-    topic: string;
-    group: string;
-    tagExpression: string;
-  }): Promise<Session> {
+  async create(input: SessionInput): Promise<Session> {
     if (this.#closed)
       throw new MqError('UNAVAILABLE', 'the gateway is shutting down; retry against another instance');
     const { caller } = input;
-    const owned = this.#perCaller.get(caller.owner) ?? 0;
-    if (owned >= this.#opts.maxPerCaller) {
-      throw new ResourceExhaustedError(
-        `caller "${caller.accessKeyId || '(no key)'}" already holds ${owned} consumer sessions, the limit ` +
-          `(MAX_CONSUMERS_PER_CALLER=${this.#opts.maxPerCaller}); release some with CleanupConsumer`,
-        { retryable: false },
-      );
-    }
-    this.#perCaller.set(caller.owner, owned + 1);
+    this.#quota.acquire(caller.quotaKey, caller.label, 'release some with CleanupConsumer');
     let subscription: Subscription;
     try {
       subscription = await input.ref.broker.subscribe({
@@ -129,8 +424,13 @@ export class ConsumerRegistry {
         maxInFlight: this.#opts.bufferSize,
         // The gateway releases unacked deliveries itself at ACK_TIMEOUT (sweep); the broker's own
         // timeout is a safety net for a gateway that dies, so it must fire later or the two race
-        // and the gateway holds a stale delivery that the broker already handed out again.
-        ackTimeoutMs: this.#opts.ackTimeoutMs + Math.max(1000, this.#opts.ackTimeoutMs / 10),
+        // and the gateway holds a stale delivery that the broker already handed out again. A
+        // delivery waiting to be written is not on the gateway's clock yet, so the broker's
+        // allows for the stall timeout too.
+        ackTimeoutMs:
+          this.#opts.ackTimeoutMs +
+          this.#opts.streamStallTimeoutMs +
+          Math.max(1000, this.#opts.ackTimeoutMs / 10),
         // Keyed (sharding-key) messages keep their order across the group's sessions.
         ordered: true,
         credentials: caller.accessKeyId
@@ -138,106 +438,40 @@ export class ConsumerRegistry {
           : undefined,
       });
     } catch (err) {
-      this.#uncount(caller.owner);
+      this.#quota.release(caller.quotaKey);
       throw err;
     }
-    const session: Session = {
-      id: randomUUID(),
-      caller,
-      endpoint: input.endpoint,
-      topic: input.topic,
-      group: input.group,
-      tagExpression: input.tagExpression,
-      subscription,
-      iterator: subscription[Symbol.asyncIterator](),
-      pendingNext: undefined,
-      inFlight: new Map(),
-      recentAcks: new Set(),
-      room: new Notifier(),
-      attachment: undefined,
-      pump: undefined,
-      // A session never attached is abandoned just like one whose stream ended.
-      detachedAt: Date.now(),
-      seq: 0,
-      full: false,
-      closed: false,
-    };
-    this.#sessions.set(session.id, session);
+    const session = new Session(caller, input, subscription, this, this.#opts);
+    this.#sessions.add(session);
     return session;
   }
 
-  get(id: string): Session {
-    const s = this.#sessions.get(id);
-    if (!s) {
-      throw new NotFoundError(
-        `consumer "${id}" not found: it was cleaned up, or expired after CONSUMER_CLEANUP_TIMEOUT without a stream; call CreateConsumer again`,
-      );
-    }
-    return s;
+  /** The session `id` names, if `owner` created it; NOT_FOUND otherwise. */
+  get(id: string, owner: string): Session {
+    return this.#sessions.get(id, owner);
   }
 
-  /** Attaches a stream; refuses a second concurrent one. Resolves when the stream's pump ends. */
-  attach(id: string, sink: DeliverySink): { detach: () => void; done: Promise<void> } {
-    const s = this.get(id);
-    if (s.attachment) {
-      throw new MqError(
-        'FAILED_PRECONDITION',
-        `consumer "${id}" already has an active ReceiveMessages stream; one stream per consumer: close it first or create another consumer in the same group`,
-      );
+  /** Attaches a stream to the owner's session; one stream per session, MAX_STREAMS in all. */
+  attach(id: string, owner: string, sink: DeliverySink): { detach: () => void; done: Promise<void> } {
+    const s = this.get(id, owner);
+    if (s.attached) return s.attach(sink); // refuses with FAILED_PRECONDITION
+    this.#streams.acquire('', s.caller.label, 'end a stream first');
+    try {
+      return s.attach(sink);
+    } catch (err) {
+      this.#streams.release('');
+      throw err;
     }
-    let detach!: () => void;
-    const detached = new Promise<typeof DETACHED>((resolve) => {
-      detach = () => resolve(DETACHED);
-    });
-    const attachment: Attachment = { sink, detached, detach };
-    s.attachment = attachment;
-    const done = this.#pump(s, attachment).catch((err) => {
-      this.#opts.log.error({ err, consumerId: s.id }, 'consumer stream pump failed');
-      sink.end(
-        err instanceof MqError ? err : new MqError('INTERNAL', 'delivery loop failed', { cause: err }),
-      );
-    });
-    s.pump = done;
-    return { detach: () => this.#detach(s, attachment), done };
   }
 
-  async ack(id: string, receiptHandle: string): Promise<void> {
-    const s = this.get(id);
-    const entry = s.inFlight.get(receiptHandle);
-    if (!entry) {
-      if (s.recentAcks.has(receiptHandle)) return;
-      throw new NotFoundError(
-        `receipt handle "${receiptHandle}" is not pending on consumer "${id}": unknown, or already released for redelivery (ack timeout or stream end)`,
-      );
-    }
-    s.inFlight.delete(receiptHandle);
-    s.recentAcks.add(receiptHandle);
-    if (s.recentAcks.size > RECENT_ACKS) {
-      const oldest = s.recentAcks.values().next().value;
-      if (oldest !== undefined) s.recentAcks.delete(oldest);
-    }
-    s.room.notifyAll();
-    await entry.delivery.ack();
-    this.#opts.metrics.counts.messagesAcked++;
+  /** Called by a session when its stream ends. */
+  streamEnded(_s: Session): void {
+    this.#streams.release('');
   }
 
-  async nack(id: string, receiptHandle: string, delayMs: number): Promise<void> {
-    const s = this.get(id);
-    const entry = s.inFlight.get(receiptHandle);
-    if (!entry) {
-      throw new NotFoundError(
-        `receipt handle "${receiptHandle}" is not pending on consumer "${id}": unknown, acked, or already released for redelivery`,
-      );
-    }
-    s.inFlight.delete(receiptHandle);
-    s.room.notifyAll();
-    await entry.delivery.nack({ delayMs });
-    this.#opts.metrics.counts.messagesNacked++;
-  }
-
-  /** Closes a session on its client's request (not counted as a leak). */
-  async cleanup(id: string): Promise<boolean> {
-    const s = this.#sessions.get(id);
+  /** Closes the owner's session on its request (not counted as a leak). */
+  async cleanup(id: string, owner: string): Promise<boolean> {
+    const s = this.#sessions.find(id, owner);
     if (!s) return false;
     await this.#close(s);
     return true;
@@ -246,45 +480,33 @@ export class ConsumerRegistry {
   /** Closes the caller's own sessions of a group (and topic when given); never another caller's. */
   async cleanupByGroup(caller: Caller, group: string, topic: string): Promise<number> {
     const mine = [...this.#sessions.values()].filter(
-      (s) => s.caller.owner === caller.owner && s.group === group && (topic === '' || s.topic === topic),
+      (s) =>
+        s.caller.identity === caller.identity &&
+        s.input.group === group &&
+        (topic === '' || s.input.topic === topic),
     );
     await closeAll(mine.map((s) => () => this.#close(s)));
     return mine.length;
   }
 
-  /** Releases deliveries past the ack timeout; closes sessions left without a stream too long. */
+  /** Releases deliveries past the ack timeout, ends stalled streams, closes abandoned sessions. */
   async sweep(now = Date.now()): Promise<void> {
     const steps: Array<() => Promise<void>> = [];
     for (const s of this.#sessions.values()) {
-      let released = false;
-      for (const [rh, entry] of s.inFlight) {
-        // Insertion order is delivery order, so the first young entry ends the scan.
-        if (now - entry.at < this.#opts.ackTimeoutMs) break;
-        s.inFlight.delete(rh);
-        this.#release(entry.delivery);
-        released = true;
-      }
-      if (released) s.room.notifyAll();
-      if (!s.attachment && now - s.detachedAt > this.#opts.cleanupTimeoutMs) {
-        this.#opts.metrics.counts.consumerLeakDetections++;
-        this.#opts.log.warn(
-          { consumerId: s.id, topic: s.topic, group: s.group, accessKeyId: s.caller.accessKeyId },
-          'consumer session without a stream for CONSUMER_CLEANUP_TIMEOUT: closed (leak detection)',
-        );
-        steps.push(() => this.#close(s));
-      }
+      if (!s.sweep(now)) continue;
+      this.#opts.metrics.counts.consumerLeakDetections++;
+      this.#opts.log.warn(
+        { consumerId: s.id, topic: s.input.topic, group: s.input.group, owner: s.owner },
+        'consumer session without a stream for CONSUMER_CLEANUP_TIMEOUT: closed (leak detection)',
+      );
+      steps.push(() => this.#close(s));
     }
     await closeAll(steps);
   }
 
   /** Ends every stream (releasing its unacked deliveries) so shutdown can proceed. */
   endStreams(error: MqError): void {
-    for (const s of this.#sessions.values()) {
-      const a = s.attachment;
-      if (!a) continue;
-      this.#detach(s, a);
-      a.sink.end(error);
-    }
+    for (const s of this.#sessions.values()) s.endStream(error);
   }
 
   async close(): Promise<void> {
@@ -293,90 +515,9 @@ export class ConsumerRegistry {
     await closeAll(all.map((s) => () => this.#close(s)));
   }
 
-  async #pump(s: Session, a: Attachment): Promise<void> {
-    const cap = this.#opts.bufferSize;
-    const counts = this.#opts.metrics.counts;
-    while (s.attachment === a && !s.closed) {
-      if (s.inFlight.size >= cap) {
-        if (!s.full) {
-          s.full = true;
-          counts.channelFullEvents++;
-        }
-        // Wait for an ack, a nack or a timeout release; the detach promise ends the wait too.
-        const ac = new AbortController();
-        await Promise.race([s.room.wait(ac.signal).catch(() => {}), a.detached]);
-        ac.abort();
-        continue;
-      }
-      s.full = false;
-      s.pendingNext ??= s.iterator.next();
-      const r = await Promise.race([s.pendingNext, a.detached]);
-      // On detach the pending pull stays with the session: the next stream picks it up, so no
-      // delivery is orphaned and the broker is not asked twice.
-      if (r === DETACHED) return;
-      s.pendingNext = undefined;
-      if (r.done) {
-        if (s.attachment === a) {
-          this.#detach(s, a);
-          a.sink.end(new MqError('UNAVAILABLE', 'the broker subscription ended; reconnect to resume'));
-        }
-        return;
-      }
-      const delivery = r.value;
-      if (s.attachment !== a || s.closed) {
-        this.#release(delivery);
-        return;
-      }
-      const rh = `${(++s.seq).toString(36)}.${s.id.slice(0, 8)}`;
-      s.inFlight.set(rh, { delivery, at: Date.now() });
-      counts.messagesDelivered++;
-      if (!a.sink.write(delivery.message, rh)) {
-        await Promise.race([a.sink.drained(), a.detached]);
-      }
-    }
-  }
-
-  #detach(s: Session, a: Attachment): void {
-    if (s.attachment !== a) return;
-    s.attachment = undefined;
-    s.detachedAt = Date.now();
-    a.detach();
-    // Every delivery the stream held goes back to the broker at once.
-    for (const entry of s.inFlight.values()) this.#release(entry.delivery);
-    s.inFlight.clear();
-    s.room.notifyAll();
-  }
-
-  #release(delivery: Delivery): void {
-    this.#opts.metrics.counts.messagesRedelivered++;
-    delivery.nack({ delayMs: 0 }).catch((err: unknown) => {
-      // NOT_FOUND means the broker already took it back (its own visibility timeout): fine.
-      if (!(err instanceof MqError && err.code === 'NOT_FOUND')) {
-        this.#opts.log.warn(
-          { err },
-          'could not release a delivery; the broker redelivers it after its ack timeout',
-        );
-      }
-    });
-  }
-
   async #close(s: Session): Promise<void> {
-    if (s.closed) return;
-    s.closed = true;
-    this.#sessions.delete(s.id);
-    this.#uncount(s.caller.owner);
-    const a = s.attachment;
-    if (a) {
-      this.#detach(s, a);
-      a.sink.end();
-    }
-    s.room.notifyAll();
-    await closeAll([() => s.subscription.close(), () => s.pump]);
-  }
-
-  #uncount(owner: string): void {
-    const n = (this.#perCaller.get(owner) ?? 1) - 1;
-    if (n <= 0) this.#perCaller.delete(owner);
-    else this.#perCaller.set(owner, n);
+    if (!this.#sessions.delete(s)) return;
+    this.#quota.release(s.caller.quotaKey);
+    await s.close();
   }
 }

@@ -1,5 +1,7 @@
 import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { BrokerCounters } from '../brokers/broker.js';
+import { REFUSAL_REASONS, type RefusalReason } from './audit.js';
 
 /**
  * The gateway's metrics: plain counters on the hot path (an increment each), turned into
@@ -14,6 +16,15 @@ export interface LiveCounts {
   streams: number;
   inFlight: number;
   pendingTransactions: number;
+  connections: number;
+}
+
+/** What the metrics read from outside the counters, at scrape time. */
+export interface MetricSources {
+  live(): LiveCounts;
+  refusals(): Readonly<Record<RefusalReason, number>>;
+  /** Each configured broker's kind and its counters (where the adapter keeps any). */
+  brokers(): ReadonlyArray<{ broker: string; counters: BrokerCounters }>;
 }
 
 export class GatewayMetrics {
@@ -31,6 +42,7 @@ export class GatewayMetrics {
     transactionsCommitted: 0,
     transactionsRolledBack: 0,
     transactionsAutoCommitted: 0,
+    streamsStalled: 0,
   };
   #rpcCounts = new Map<string, number>();
   #rpcTotal = 0;
@@ -42,9 +54,11 @@ export class GatewayMetrics {
   readonly #eld: IntervalHistogram;
   readonly #started = Date.now();
   readonly #live: () => LiveCounts;
+  readonly #sources: MetricSources;
 
-  constructor(live: () => LiveCounts) {
-    this.#live = live;
+  constructor(sources: MetricSources) {
+    this.#sources = sources;
+    this.#live = () => sources.live();
     this.#eld = monitorEventLoopDelay({ resolution: 20 });
     const r = this.registry;
     const counter = (name: string, help: string, get: () => number): void => {
@@ -106,6 +120,59 @@ export class GatewayMetrics {
       'Broker producers reopened on send after an idle close.',
       () => c.producersReopened,
     );
+    counter(
+      'mqgate_streams_stalled_total',
+      'Streams ended because their client read nothing for STREAM_STALL_TIMEOUT.',
+      () => c.streamsStalled,
+    );
+    new Counter({
+      name: 'mqgate_refusals_total',
+      help: 'Calls and connections refused, by reason: auth, ownership, permission, quota.',
+      labelNames: ['reason'],
+      registers: [r],
+      collect() {
+        this.reset();
+        const counts = sources.refusals();
+        for (const reason of REFUSAL_REASONS) this.inc({ reason }, counts[reason]);
+      },
+    });
+    const brokerCounter = (
+      name: string,
+      help: string,
+      field: keyof BrokerCounters,
+      kind: 'counter' | 'gauge',
+    ): void => {
+      const collect = function (this: Counter<'broker'> | Gauge<'broker'>): void {
+        this.reset();
+        for (const b of sources.brokers()) {
+          const v = b.counters[field];
+          if (v === undefined) continue;
+          if (this instanceof Counter) this.inc({ broker: b.broker }, v);
+          else this.set({ broker: b.broker }, v);
+        }
+      };
+      if (kind === 'counter') new Counter({ name, help, labelNames: ['broker'], registers: [r], collect });
+      else new Gauge({ name, help, labelNames: ['broker'], registers: [r], collect });
+    };
+    brokerCounter(
+      'mqgate_broker_groups_expired_total',
+      'Consumer groups the embedded broker forgot after groupRetention without a subscription.',
+      'groupsExpired',
+      'counter',
+    );
+    brokerCounter(
+      'mqgate_broker_backlog_dropped_total',
+      'Retained messages no consumer group owed, dropped by the embedded broker to make room.',
+      'backlogDropped',
+      'counter',
+    );
+    brokerCounter(
+      'mqgate_broker_retained_bytes',
+      'Bytes of messages the embedded broker holds.',
+      'retainedBytes',
+      'gauge',
+    );
+    gauge('mqgate_connections', 'Open client connections on the gRPC port.', () => this.#live().connections);
     gauge('mqgate_broker_producers', 'Open broker producers.', () => this.#live().brokerProducers);
     gauge('mqgate_producer_handles', 'Live producer handles.', () => this.#live().producerHandles);
     gauge('mqgate_consumer_sessions', 'Live consumer sessions.', () => this.#live().sessions);
@@ -216,6 +283,9 @@ export class GatewayMetrics {
       transactions_committed: c.transactionsCommitted,
       transactions_rolled_back: c.transactionsRolledBack,
       transactions_auto_committed: c.transactionsAutoCommitted,
+      streams_stalled: c.streamsStalled,
+      connections: live.connections,
+      refusals: { ...this.#sources.refusals() },
       total_requests: this.#rpcTotal,
       failed_requests: this.#rpcFailed,
       // The seed reported the last call's time here; this is the mean over every call.

@@ -1,10 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { Producer } from '../brokers/broker.js';
-import { MqError, NotFoundError, ResourceExhaustedError } from '../core/errors.js';
+import { MqError, NotFoundError, quoteInput } from '../core/errors.js';
 import { closeAll } from '../core/lifecycle.js';
+import type { Audit } from './audit.js';
 import type { Caller } from './callers.js';
 import type { Logger } from './log.js';
 import type { GatewayMetrics } from './metrics.js';
+import { OwnedMap } from './owned.js';
+import { Quota } from './quota.js';
 import type { BrokerRef } from './routing.js';
 
 /**
@@ -33,6 +36,7 @@ interface Shared {
 
 export interface ProducerHandle {
   readonly id: string;
+  readonly owner: string;
   readonly caller: Caller;
   readonly endpoint: string;
   readonly topic: string;
@@ -44,19 +48,34 @@ export interface ProducerRegistryOptions {
   cleanupTimeoutMs: number;
   handleTtlMs: number;
   maxPerCaller: number;
+  /** Live handles across all callers (MAX_PRODUCER_HANDLES). */
+  maxHandles: number;
   metrics: GatewayMetrics;
+  audit: Audit;
   log: Logger;
 }
 
+const notFound = (id: string): NotFoundError =>
+  new NotFoundError(
+    `producer ${quoteInput(id)} not found: it was released or expired after PRODUCER_HANDLE_TTL without use; call CreateProducer again`,
+  );
+
 export class ProducerRegistry {
-  readonly #handles = new Map<string, ProducerHandle>();
+  readonly #handles: OwnedMap<ProducerHandle>;
   readonly #shared = new Map<string, Shared>();
-  readonly #perCaller = new Map<string, number>();
+  readonly #quota: Quota;
   readonly #opts: ProducerRegistryOptions;
   #closed = false;
 
   constructor(options: ProducerRegistryOptions) {
     this.#opts = options;
+    this.#handles = new OwnedMap('producer', notFound, options.audit);
+    this.#quota = new Quota(
+      'producer handles',
+      { limit: options.maxPerCaller, setting: 'MAX_PRODUCERS_PER_CALLER' },
+      { limit: options.maxHandles, setting: 'MAX_PRODUCER_HANDLES' },
+      options.audit,
+    );
   }
 
   get handleCount(): number {
@@ -79,15 +98,11 @@ export class ProducerRegistry {
   }): Promise<ProducerHandle> {
     this.#assertOpen();
     const { caller } = input;
-    const owned = this.#perCaller.get(caller.owner) ?? 0;
-    if (owned >= this.#opts.maxPerCaller) {
-      throw new ResourceExhaustedError(
-        `caller "${caller.accessKeyId || '(no key)'}" already holds ${owned} producer handles, the limit ` +
-          `(MAX_PRODUCERS_PER_CALLER=${this.#opts.maxPerCaller}); release some with CleanupProducer`,
-        { retryable: false },
-      );
-    }
-    const key = [input.ref.index, input.endpoint, caller.owner, input.instanceId, input.topic].join('\u0000');
+    // Counted before awaiting, so concurrent creates cannot overshoot the limit.
+    this.#quota.acquire(caller.quotaKey, caller.label, 'release some with CleanupProducer');
+    const key = [input.ref.index, input.endpoint, caller.identity, input.instanceId, input.topic].join(
+      '\u0000',
+    );
     let shared = this.#shared.get(key);
     if (!shared) {
       shared = {
@@ -107,21 +122,20 @@ export class ProducerRegistry {
       };
       this.#shared.set(key, shared);
     }
-    // Count the caller before awaiting so concurrent creates cannot overshoot the limit.
-    this.#perCaller.set(caller.owner, owned + 1);
     shared.creating++;
     try {
       // Opening eagerly surfaces a missing topic or a refused credential at CreateProducer.
       await (shared.producer ?? this.#open(shared));
     } catch (err) {
       shared.creating--;
-      this.#uncount(caller.owner);
+      this.#quota.release(caller.quotaKey);
       if (shared.handles.size === 0 && shared.creating === 0) this.#shared.delete(key);
       throw err;
     }
     shared.creating--;
     const handle: ProducerHandle = {
       id: randomUUID(),
+      owner: caller.owner,
       caller,
       endpoint: input.endpoint,
       topic: input.topic,
@@ -129,18 +143,13 @@ export class ProducerRegistry {
       lastUsed: Date.now(),
     };
     shared.handles.add(handle.id);
-    this.#handles.set(handle.id, handle);
+    this.#handles.add(handle);
     return handle;
   }
 
-  get(id: string): ProducerHandle {
-    const h = this.#handles.get(id);
-    if (!h) {
-      throw new NotFoundError(
-        `producer "${id}" not found: it was released or expired after PRODUCER_HANDLE_TTL without use; call CreateProducer again`,
-      );
-    }
-    return h;
+  /** The handle `id` names, if `owner` created it; NOT_FOUND otherwise. */
+  get(id: string, owner: string): ProducerHandle {
+    return this.#handles.get(id, owner);
   }
 
   /** Runs `fn` with the handle's broker producer, reopening it if it was closed while idle. */
@@ -159,8 +168,9 @@ export class ProducerRegistry {
     }
   }
 
-  async release(id: string): Promise<boolean> {
-    const h = this.#handles.get(id);
+  /** Releases the owner's handle; false for an unknown id or another principal's. */
+  async release(id: string, owner: string): Promise<boolean> {
+    const h = this.#handles.find(id, owner);
     if (!h) return false;
     await this.#drop(h);
     return true;
@@ -170,7 +180,9 @@ export class ProducerRegistry {
   async releaseByTopic(caller: Caller, topic: string, endpoint: string): Promise<number> {
     const mine = [...this.#handles.values()].filter(
       (h) =>
-        h.caller.owner === caller.owner && h.topic === topic && (endpoint === '' || h.endpoint === endpoint),
+        h.caller.identity === caller.identity &&
+        h.topic === topic &&
+        (endpoint === '' || h.endpoint === endpoint),
     );
     await closeAll(mine.map((h) => () => this.#drop(h)));
     return mine.length;
@@ -209,7 +221,7 @@ export class ProducerRegistry {
     const all = [...this.#shared.values()];
     this.#handles.clear();
     this.#shared.clear();
-    this.#perCaller.clear();
+    this.#quota.clear();
     await closeAll(
       all.map((s) => async () => {
         const p = s.producer;
@@ -235,9 +247,8 @@ export class ProducerRegistry {
   }
 
   async #drop(h: ProducerHandle): Promise<void> {
-    if (this.#handles.get(h.id) !== h) return;
-    this.#handles.delete(h.id);
-    this.#uncount(h.caller.owner);
+    if (!this.#handles.delete(h)) return;
+    this.#quota.release(h.caller.quotaKey);
     const s = h.shared;
     s.handles.delete(h.id);
     if (s.handles.size === 0 && s.creating === 0 && this.#shared.get(s.key) === s) {
@@ -246,12 +257,6 @@ export class ProducerRegistry {
       s.producer = undefined;
       if (p) await (await p.catch(() => undefined))?.close();
     }
-  }
-
-  #uncount(owner: string): void {
-    const n = (this.#perCaller.get(owner) ?? 1) - 1;
-    if (n <= 0) this.#perCaller.delete(owner);
-    else this.#perCaller.set(owner, n);
   }
 
   #assertOpen(): void {

@@ -1,7 +1,8 @@
 import type { Broker } from '../brokers/broker.js';
 import { openBroker, redactUrl } from '../brokers/index.js';
-import { InvalidArgumentError } from '../core/errors.js';
+import { InvalidArgumentError, quoteInput } from '../core/errors.js';
 import { closeAll } from '../core/lifecycle.js';
+import { digest } from './callers.js';
 import type { BrokerEntry } from './config.js';
 import type { Logger } from './log.js';
 
@@ -19,6 +20,7 @@ export interface BrokerRef {
 export class BrokerRouter {
   readonly refs: BrokerRef[] = [];
   readonly #byEndpoint = new Map<string, BrokerRef>();
+  /** Digests of endpoints already logged: bounded, and never the client's text itself. */
   readonly #seen = new Set<string>();
   readonly #log: Logger;
 
@@ -50,15 +52,19 @@ export class BrokerRouter {
     if (named) return named;
     if (this.refs.length === 1) {
       const only = this.refs[0] as BrokerRef;
-      if (!this.#seen.has(endpoint) && this.#seen.size < 1000) {
-        this.#seen.add(endpoint);
-        this.#log.info({ endpoint, broker: only.url }, 'endpoint mapped to the only configured broker');
+      const d = digest(endpoint);
+      if (!this.#seen.has(d) && this.#seen.size < 1000) {
+        this.#seen.add(d);
+        this.#log.info(
+          { endpoint: quoteInput(endpoint, 80), broker: only.url },
+          'endpoint mapped to the only configured broker',
+        );
       }
       return only;
     }
     const known = [...this.#byEndpoint.keys()];
     throw new InvalidArgumentError(
-      `endpoint "${endpoint}" names no configured broker; configured endpoints: ${known.join(', ') || '(none)'} ` +
+      `endpoint ${quoteInput(endpoint)} names no configured broker; configured endpoints: ${known.join(', ') || '(none)'} ` +
         "(set them in BROKERS as '<url> endpoints=a,b')",
     );
   }

@@ -1,25 +1,26 @@
 import { readFileSync } from 'node:fs';
-import {
-  createServer,
-  type Server as HttpServer,
-  type IncomingMessage,
-  type ServerResponse,
-} from 'node:http';
+import type { Server as HttpServer, IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { loadPackageDefinition, Server, ServerCredentials, type ServiceDefinition } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { InvalidArgumentError, MqError } from '../core/errors.js';
 import { closeAll } from '../core/lifecycle.js';
-import { Authenticator } from './callers.js';
+import { Audit } from './audit.js';
+import { Authenticator, entriesFromTokens, readAuthFile } from './auth.js';
+import { createCallGuard, guardDecoders, requestLimits } from './calls.js';
 import { type GatewayConfig, isLoopback, loadConfig } from './config.js';
 import { ConsumerRegistry } from './consumers.js';
+import { createHttpListener, GrpcListener } from './listeners.js';
 import { createLogger, type Logger } from './log.js';
 import { GatewayMetrics } from './metrics.js';
 import { ProducerRegistry } from './producers.js';
+import { brokerRedactor, type Redactor } from './redact.js';
 import { BrokerRouter } from './routing.js';
 import { createService } from './service.js';
+import { statusMapper } from './status.js';
 import { TransactionRegistry } from './transactions.js';
+import { LIMITS } from './validate.js';
 
 /** proto/ ships next to dist/ and src/, two levels above this file in both layouts. */
 export const PROTO_PATH = fileURLToPath(new URL('../../proto/rocketmq_proxy.proto', import.meta.url));
@@ -52,11 +53,14 @@ export class Gateway {
   readonly config: GatewayConfig;
   readonly log: Logger;
   readonly metrics: GatewayMetrics;
+  readonly audit: Audit;
+  readonly redactor: Redactor;
   #router: BrokerRouter | undefined;
   #producers: ProducerRegistry;
   #consumers: ConsumerRegistry;
   #transactions: TransactionRegistry;
   #grpc: Server | undefined;
+  #listener: GrpcListener | undefined;
   #http: HttpServer | undefined;
   #sweepTimer: NodeJS.Timeout | undefined;
   #sweeping: Promise<void> | undefined;
@@ -64,36 +68,55 @@ export class Gateway {
   #closePromise: Promise<void> | undefined;
   #grpcPort = 0;
   #httpPort = 0;
-  #inFlightCalls: () => number = () => 0;
+  #activeUnary: () => number = () => 0;
 
   constructor(options: GatewayOptions = {}) {
     this.config = { ...loadConfig({}), ...options.config };
-    this.log = options.logger ?? createLogger(this.config.logLevel);
-    this.metrics = new GatewayMetrics(() => ({
-      brokerProducers: this.#producers.brokerProducerCount,
-      producerHandles: this.#producers.handleCount,
-      sessions: this.#consumers.sessionCount,
-      streams: this.#consumers.streamCount,
-      inFlight: this.#consumers.inFlightCount,
-      pendingTransactions: this.#transactions.size,
-    }));
     const c = this.config;
+    this.redactor = brokerRedactor(c.brokers.map((b) => b.url));
+    this.log = options.logger ?? createLogger(c.logLevel, this.redactor);
+    this.audit = new Audit(this.log);
+    this.metrics = new GatewayMetrics({
+      live: () => ({
+        brokerProducers: this.#producers.brokerProducerCount,
+        producerHandles: this.#producers.handleCount,
+        sessions: this.#consumers.sessionCount,
+        streams: this.#consumers.streamCount,
+        inFlight: this.#consumers.inFlightCount,
+        pendingTransactions: this.#transactions.size,
+        connections: this.#listener?.count ?? 0,
+      }),
+      refusals: () => this.audit.counts,
+      brokers: () =>
+        (this.#router?.refs ?? []).map((r) => ({
+          broker: `${r.broker.kind}#${r.index}`,
+          counters: r.broker.counters?.() ?? {},
+        })),
+    });
+    const common = { metrics: this.metrics, audit: this.audit, log: this.log };
     this.#producers = new ProducerRegistry({
       cleanupTimeoutMs: c.producerCleanupTimeoutMs,
       handleTtlMs: c.producerHandleTtlMs,
       maxPerCaller: c.maxProducersPerCaller,
-      metrics: this.metrics,
-      log: this.log,
+      maxHandles: c.maxProducerHandles,
+      ...common,
     });
     this.#consumers = new ConsumerRegistry({
       bufferSize: c.messageBufferSize,
+      streamBufferBytes: c.streamBufferBytes,
+      streamStallTimeoutMs: c.streamStallTimeoutMs,
       ackTimeoutMs: c.ackTimeoutMs,
       cleanupTimeoutMs: c.consumerCleanupTimeoutMs,
       maxPerCaller: c.maxConsumersPerCaller,
-      metrics: this.metrics,
-      log: this.log,
+      maxSessions: c.maxSessions,
+      maxStreams: c.maxStreams,
+      ...common,
     });
-    this.#transactions = new TransactionRegistry(this.metrics, this.log);
+    this.#transactions = new TransactionRegistry({
+      maxPerCaller: c.maxTransactionsPerCaller,
+      maxPending: c.maxPendingTransactions,
+      ...common,
+    });
   }
 
   get grpcPort(): number {
@@ -107,14 +130,30 @@ export class Gateway {
   async start(): Promise<this> {
     const c = this.config;
     const tls = c.tlsCert !== '' && c.tlsKey !== '';
-    if (!isLoopback(c.grpcHost) && c.authTokens.size === 0 && !tls && !c.insecure) {
-      throw new InvalidArgumentError(
-        `refusing to listen on ${c.grpcHost} without AUTH_TOKENS or TLS: anyone on the network could publish ` +
-          'and consume; set AUTH_TOKENS or TLS_CERT/TLS_KEY, or pass --insecure (INSECURE=true) if that is intended',
-      );
-    }
     try {
+      const entries = entriesFromTokens(c.authTokens);
+      if (c.authFile !== '') entries.push(...readAuthFile(c.authFile));
+      const auth = new Authenticator(entries);
+      if (!isLoopback(c.grpcHost) && !auth.enabled && !tls && !c.insecure) {
+        throw new InvalidArgumentError(
+          `refusing to listen on ${c.grpcHost} without AUTH_TOKENS, AUTH_FILE or TLS: anyone on the network could publish ` +
+            'and consume; set AUTH_TOKENS or AUTH_FILE, or TLS_CERT/TLS_KEY, or pass --insecure (INSECURE=true) if that is intended',
+        );
+      }
       this.#router = await BrokerRouter.open(c.brokers, c.ackTimeoutMs, this.log);
+      const toStatus = statusMapper(this.redactor);
+      const limits = requestLimits({ ...c, idLength: LIMITS.id });
+      const guard = createCallGuard({
+        auth,
+        audit: this.audit,
+        metrics: this.metrics,
+        toStatus,
+        maxConcurrent: c.maxConcurrent,
+        isClosing: () => this.#closing,
+        openMethods: new Set(['HealthCheck']),
+        onCall: (peer) => this.#listener?.onCall(peer),
+      });
+      this.#activeUnary = guard.activeUnary;
       const service = createService({
         config: c,
         router: this.#router,
@@ -122,40 +161,42 @@ export class Gateway {
         consumers: this.#consumers,
         transactions: this.#transactions,
         metrics: this.metrics,
-        auth: new Authenticator(c.authTokens),
+        audit: this.audit,
+        redactor: this.redactor,
+        toStatus,
         log: this.log,
-        isClosing: () => this.#closing,
+        cutConnection: (peer) => this.#listener?.cut(peer),
       });
-      this.#inFlightCalls = service.inFlightCalls;
+      const largestRequest = Math.max(...Object.values(limits).map((l) => l.maxBytes));
       const grpc = new Server({
-        // Leave room above MAX_MESSAGE_SIZE so an oversize body gets our INVALID_ARGUMENT naming
-        // the limit instead of the transport's bare RESOURCE_EXHAUSTED.
-        'grpc.max_receive_message_length': c.maxMessageSize * 2 + 64 * 1024,
+        interceptors: [guard.interceptor],
+        // Per-method limits are enforced before decoding (calls.ts); this is only the ceiling.
+        'grpc.max_receive_message_length': largestRequest,
         'grpc.max_send_message_length': c.maxMessageSize * 2 + 64 * 1024,
+        'grpc.max_connection_idle_ms': c.connectionIdleTimeoutMs,
       });
       this.#grpc = grpc;
-      grpc.addService(loadServiceDefinition(), service.implementation);
+      grpc.addService(guardDecoders(loadServiceDefinition(), limits), service);
       const creds = tls
         ? ServerCredentials.createSsl(null, [
             { cert_chain: readFileSync(c.tlsCert), private_key: readFileSync(c.tlsKey) },
           ])
         : ServerCredentials.createInsecure();
-      this.#grpcPort = await new Promise<number>((resolve, reject) => {
-        grpc.bindAsync(`${hostPort(c.grpcHost, c.grpcPort)}`, creds, (err, port) =>
-          err
-            ? reject(
-                new MqError(
-                  'UNAVAILABLE',
-                  `cannot listen on gRPC ${c.grpcHost}:${c.grpcPort}: ${err.message}`,
-                  { cause: err },
-                ),
-              )
-            : resolve(port),
-        );
+      const injector = grpc.createConnectionInjector(creds);
+      this.#listener = new GrpcListener((socket) => injector.injectConnection(socket), {
+        maxConnections: c.maxConnections,
+        headersTimeoutMs: c.headersTimeoutMs,
+        audit: this.audit,
+        log: this.log,
       });
-      this.#http = createServer((req, res) => this.#serveHttp(req, res));
+      this.#grpcPort = await this.#listener.listen(c.grpcHost, c.grpcPort);
+      const http = createHttpListener((req, res) => void this.#serveHttp(req, res), {
+        maxConnections: c.maxHttpConnections,
+        headersTimeoutMs: c.headersTimeoutMs,
+        idleTimeoutMs: c.connectionIdleTimeoutMs,
+      });
+      this.#http = http;
       await new Promise<void>((resolve, reject) => {
-        const http = this.#http as HttpServer;
         http.once('error', (err) =>
           reject(
             new MqError(
@@ -167,11 +208,20 @@ export class Gateway {
         );
         http.listen(c.metricsPort, c.metricsHost, () => resolve());
       });
-      this.#httpPort = (this.#http.address() as AddressInfo).port;
+      this.#httpPort = (http.address() as AddressInfo).port;
       this.metrics.start();
       const period = Math.max(
         50,
-        Math.min(1000, Math.min(c.ackTimeoutMs, c.consumerCleanupTimeoutMs, c.producerCleanupTimeoutMs) / 4),
+        Math.min(
+          1000,
+          Math.min(
+            c.ackTimeoutMs,
+            c.consumerCleanupTimeoutMs,
+            c.producerCleanupTimeoutMs,
+            c.streamStallTimeoutMs,
+            c.headersTimeoutMs,
+          ) / 4,
+        ),
       );
       // The one interval the gateway owns: every reaper runs from here, never overlapping.
       this.#sweepTimer = setInterval(() => {
@@ -183,25 +233,26 @@ export class Gateway {
           });
       }, period);
       this.#sweepTimer.unref();
+      this.log.info(
+        {
+          grpc: `${c.grpcHost}:${this.#grpcPort}`,
+          metrics: `http://${c.metricsHost}:${this.#httpPort}/metrics`,
+          brokers: this.#router.refs.map((r) => r.url),
+          tls,
+          auth: auth.enabled,
+        },
+        'mqgate gateway listening',
+      );
     } catch (err) {
       await this.close().catch(() => {});
       throw err;
     }
-    this.log.info(
-      {
-        grpc: `${c.grpcHost}:${this.#grpcPort}`,
-        metrics: `http://${c.metricsHost}:${this.#httpPort}/metrics`,
-        brokers: this.#router?.refs.map((r) => r.url),
-        tls,
-        auth: c.authTokens.size > 0,
-      },
-      'mqgate gateway listening',
-    );
     return this;
   }
 
   /** Runs the reapers once (the interval calls this; tests may too). */
   async sweep(): Promise<void> {
+    this.#listener?.sweep(Date.now());
     await closeAll([() => this.#producers.sweep(), () => this.#consumers.sweep()]);
   }
 
@@ -221,11 +272,13 @@ export class Gateway {
     this.#consumers.endStreams(
       new MqError('UNAVAILABLE', 'the gateway is shutting down; reconnect to resume'),
     );
-    while (this.#inFlightCalls() > 0 && Date.now() < deadline) {
+    while (this.#activeUnary() > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 10));
     }
     const grpc = this.#grpc;
+    const listener = this.#listener;
     const http = this.#http;
+    listener?.stopAccepting();
     await closeAll([
       () => this.#sweeping,
       () => this.#transactions.close(),
@@ -241,6 +294,7 @@ export class Gateway {
               resolve();
             });
           })),
+      listener && (() => listener.close()),
       http &&
         (() =>
           new Promise<void>((resolve) => {
@@ -283,11 +337,12 @@ export class Gateway {
           JSON.stringify({ status: this.#closing ? 'shutting down' : 'ok' }),
         );
       } else if (path === '/ready') {
+        // Unauthenticated: each broker's kind and state, never its address or error text.
         const refs = this.#router?.refs ?? [];
         const checks = await Promise.all(
           refs.map(async (r) => ({
-            broker: r.url,
-            ...(await r.broker.health().catch((e: Error) => ({ ok: false, detail: e.message }))),
+            broker: `${r.broker.kind}#${r.index}`,
+            ok: (await r.broker.health().catch(() => ({ ok: false }))).ok,
           })),
         );
         const ready = !this.#closing && checks.length > 0 && checks.every((c) => c.ok);
@@ -305,10 +360,6 @@ export class Gateway {
 function send(res: ServerResponse, status: number, type: string, body: string): void {
   res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body) });
   res.end(body);
-}
-
-function hostPort(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
 /** Starts a gateway; the caller owns it and must close() it. */

@@ -1,27 +1,36 @@
 import { isUtf8 } from 'node:buffer';
-import type {
-  ServerUnaryCall,
-  ServerWritableStream,
-  sendUnaryData,
-  UntypedServiceImplementation,
+import {
+  type ServerUnaryCall,
+  type ServerWritableStream,
+  status as Status,
+  type sendUnaryData,
+  type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { InvalidArgumentError, MqError } from '../core/errors.js';
+import type { PreparedTransaction } from '../brokers/broker.js';
+import { InvalidArgumentError } from '../core/errors.js';
 import type { Message, OutgoingMessage } from '../core/message.js';
 import { parseTagExpression } from '../core/tags.js';
-import { type Authenticator, type Caller, makeCaller } from './callers.js';
+import type { Audit } from './audit.js';
+import type { Action } from './auth.js';
+import { type Caller, makeCaller } from './callers.js';
+import { type CallContext, callContext } from './calls.js';
 import type { GatewayConfig } from './config.js';
 import type { ConsumerRegistry, DeliverySink } from './consumers.js';
 import type { Logger } from './log.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { ProducerRegistry } from './producers.js';
+import type { Redactor } from './redact.js';
 import type { BrokerRouter } from './routing.js';
-import { STATUS_NAME, toServiceError } from './status.js';
+import type { StatusMapper } from './status.js';
 import type { TransactionRegistry } from './transactions.js';
 import {
+  atMost,
+  bounded,
   checkName,
   checkProperties,
   checkTag,
   DELAY_LEVELS_MS,
+  LIMITS,
   nonNegativeInt,
   requireId,
 } from './validate.js';
@@ -45,119 +54,119 @@ export interface ServiceDeps {
   consumers: ConsumerRegistry;
   transactions: TransactionRegistry;
   metrics: GatewayMetrics;
-  auth: Authenticator;
+  audit: Audit;
+  redactor: Redactor;
+  toStatus: StatusMapper;
   log: Logger;
-  /** True once shutdown began: new calls get UNAVAILABLE. */
-  isClosing(): boolean;
+  /** Cuts the client connection a call came from (a stream whose peer stopped reading). */
+  cutConnection(peer: string): void;
 }
 
-interface Ctx {
-  principal: string;
-}
-
-type Handler<Req, Res> = (req: Req, ctx: Ctx) => Promise<Res>;
+type Handler<Req, Res> = (req: Req, ctx: CallContext) => Promise<Res>;
 
 const EMPTY = Buffer.alloc(0);
 
-/** One handler per RPC: validate, authorize, call the registries, map errors to a gRPC status. */
-export function createService(deps: ServiceDeps): {
-  implementation: UntypedServiceImplementation;
-  inFlightCalls: () => number;
-} {
-  const { config, router, producers, consumers, transactions, metrics, auth, log } = deps;
-  let active = 0;
+/** How long a stream ended for not reading may take to finish before its connection is cut. */
+const ABORT_GRACE_MS = 2000;
 
-  const unary = <Req, Res>(method: string, fn: Handler<Req, Res>, opts: { open?: boolean } = {}) => {
+/**
+ * One handler per RPC: validate, check permissions, call the registries, map errors to a status.
+ * Authentication, shutdown, concurrency and metrics happen before any handler runs, in the call
+ * guard (calls.ts); ownership of ids is checked by the registries, which take the caller's
+ * principal on every lookup.
+ */
+export function createService(deps: ServiceDeps): UntypedServiceImplementation {
+  const { config, router, producers, consumers, transactions, metrics, audit, log, toStatus } = deps;
+
+  const unary = <Req, Res>(fn: Handler<Req, Res>) => {
     return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
-      const t0 = performance.now();
-      const finish = (err: unknown, res?: Res): void => {
-        if (err === null) {
-          metrics.rpc(method, 'OK', (performance.now() - t0) / 1000);
-          callback(null, res);
-          return;
-        }
-        const se = toServiceError(err);
-        metrics.rpc(method, STATUS_NAME[se.code] ?? String(se.code), (performance.now() - t0) / 1000);
-        if (se.code === 13) log.error({ err, method }, 'internal error');
-        callback(se as Parameters<sendUnaryData<Res>>[0]);
+      const fail = (err: unknown): void => {
+        const st = toStatus(err);
+        if (st.code === Status.INTERNAL)
+          log.error({ err: deps.redactor.scrub(String(err)) }, 'internal error');
+        callback(st as Parameters<sendUnaryData<Res>>[0]);
       };
-      if (deps.isClosing() && !opts.open) {
-        finish(new MqError('UNAVAILABLE', 'the gateway is shutting down; retry against another instance'));
-        return;
-      }
-      if (active >= config.maxConcurrent) {
-        finish(
-          new MqError(
-            'RESOURCE_EXHAUSTED',
-            `the gateway is serving ${active} calls, its limit (MAX_CONCURRENT=${config.maxConcurrent}); retry with backoff`,
-          ),
-        );
-        return;
-      }
-      let principal: string;
+      let ctx: CallContext;
       try {
-        principal = opts.open
-          ? ''
-          : auth.authenticate(() => call.metadata.get('authorization')[0]?.toString());
+        ctx = callContext(call);
       } catch (err) {
-        finish(err);
+        fail(err);
         return;
       }
-      active++;
-      fn(call.request, { principal }).then(
-        (res) => {
-          active--;
-          finish(null, res);
-        },
-        (err: unknown) => {
-          active--;
-          finish(err);
-        },
-      );
+      fn(call.request, ctx).then((res) => callback(null, res), fail);
     };
   };
 
-  const callerOf = (ctx: Ctx, req: { access_key_id?: string; access_key_secret?: string }): Caller =>
-    makeCaller(ctx.principal, req.access_key_id ?? '', req.access_key_secret ?? '');
+  const callerOf = (ctx: CallContext, req: { access_key_id?: string; access_key_secret?: string }): Caller =>
+    makeCaller(
+      ctx.principal,
+      bounded(req.access_key_id, 'access_key_id', LIMITS.accessKeyId),
+      bounded(req.access_key_secret, 'access_key_secret', LIMITS.accessKeySecret),
+    );
+
+  /** PERMISSION_DENIED unless the principal may; every refusal is audited. */
+  const allow = (ctx: CallContext, action: Action, name: string): void => {
+    try {
+      ctx.principal.check(action, name);
+    } catch (err) {
+      audit.refuse('permission', ctx.principal.name || 'anonymous', `${action} ${name.slice(0, 64)}`);
+      throw err;
+    }
+  };
+
+  const deliverAtOf = (ms: number, field: string): number | undefined => {
+    if (ms <= 0) return undefined;
+    atMost(ms - Date.now(), config.maxDelayMs, `${field} (from now)`, 'MAX_DELAY');
+    return ms;
+  };
 
   function outgoing(req: WireSendRequest | WireBatchEntry): OutgoingMessage {
     const bytes =
       req.message_body_bytes && req.message_body_bytes.length > 0 ? req.message_body_bytes : undefined;
     const text = req.message_body ?? '';
-    const size = bytes ? bytes.length : Buffer.byteLength(text);
+    const props = req.properties ?? {};
+    const businessKey = bounded(props.message_key, 'properties.message_key', LIMITS.messageKey);
+    const key = bounded(props.sharding_key, 'properties.sharding_key', LIMITS.shardingKey);
+    const tag = checkTag(req.tag);
+    // Everything the broker stores counts against MAX_MESSAGE_SIZE, not just the body.
+    const size =
+      (bytes ? bytes.length : Buffer.byteLength(text)) +
+      checkProperties(props.properties, config.maxProperties) +
+      Buffer.byteLength(businessKey) +
+      Buffer.byteLength(key) +
+      (tag?.length ?? 0);
     if (size > config.maxMessageSize) {
       throw new InvalidArgumentError(
-        `message body is ${size} bytes; the limit is ${config.maxMessageSize} (MAX_MESSAGE_SIZE)`,
+        `message is ${size} bytes (body, properties and keys); the limit is ${config.maxMessageSize} (MAX_MESSAGE_SIZE)`,
       );
     }
-    const props = req.properties ?? {};
-    const properties = checkProperties(props.properties, config.maxProperties);
-    const deliverAt = nonNegativeInt(props.start_deliver_time, 'properties.start_deliver_time');
     return {
       body: bytes ?? text,
-      tag: checkTag(req.tag),
-      key: props.sharding_key || undefined,
-      businessKey: props.message_key || undefined,
-      properties,
-      deliverAt: deliverAt > 0 ? deliverAt : undefined,
+      tag,
+      key: key || undefined,
+      businessKey: businessKey || undefined,
+      properties: props.properties ?? {},
+      deliverAt: deliverAtOf(
+        nonNegativeInt(props.start_deliver_time, 'properties.start_deliver_time'),
+        'properties.start_deliver_time',
+      ),
     };
   }
 
   function batchEntry(entry: WireBatchEntry): OutgoingMessage {
     const msg = outgoing(entry);
-    if (entry.sharding_key) {
-      if (entry.sharding_key.length > 256)
-        throw new InvalidArgumentError('sharding_key is longer than 256 characters');
-      msg.key = entry.sharding_key;
-    }
-    const at = nonNegativeInt(entry.start_deliver_time, 'start_deliver_time');
-    if (at > 0) msg.deliverAt = at;
+    if (entry.sharding_key) msg.key = bounded(entry.sharding_key, 'sharding_key', LIMITS.shardingKey);
+    const at = deliverAtOf(
+      nonNegativeInt(entry.start_deliver_time, 'start_deliver_time'),
+      'start_deliver_time',
+    );
+    if (at !== undefined) msg.deliverAt = at;
     return msg;
   }
 
   const entryFailure = (err: unknown): WireEntryResult => ({
     success: false,
-    message: toServiceError(err).details,
+    message: toStatus(err).details,
     message_id: '',
   });
 
@@ -170,8 +179,15 @@ export function createService(deps: ServiceDeps): {
     }
   }
 
-  async function send(req: WireSendRequest, msg: OutgoingMessage): Promise<{ message_id: string }> {
-    const handle = producers.get(requireId(req.producer_id, 'producer_id', 'CreateProducer'));
+  async function send(
+    req: WireSendRequest,
+    ctx: CallContext,
+    msg: OutgoingMessage,
+  ): Promise<{ message_id: string }> {
+    const handle = producers.get(
+      requireId(req.producer_id, 'producer_id', 'CreateProducer'),
+      ctx.principal.name,
+    );
     const res = await producers.use(handle, (p) => p.send(msg));
     metrics.counts.messagesSent++;
     return { message_id: res.messageId };
@@ -191,59 +207,66 @@ export function createService(deps: ServiceDeps): {
       if (m.businessKey !== undefined) properties.KEYS = m.businessKey;
       if (m.key !== undefined) properties.SHARDING_KEY = m.key;
     }
+    // A body is sent once: as text when it is UTF-8, else as bytes only. A lossy text copy of a
+    // binary body would cost up to 3x its size and push it past clients' 4 MiB receive limit.
+    const text = isUtf8(body);
     return {
       message_id: m.id,
       receipt_handle: receiptHandle,
-      message_body: body.toString('utf8'),
+      message_body: text ? body.toString('utf8') : '',
       tag: m.tag ?? '',
       properties,
       born_timestamp: String(m.bornAt),
       reconsume_times: m.reconsumeCount,
       topic: m.topic,
-      // Bytes go out only when the text cannot carry them: sending both would double every
-      // body and push 2+ MiB messages past clients' default 4 MiB receive limit.
-      message_body_bytes: isUtf8(body) ? EMPTY : body,
+      message_body_bytes: text ? EMPTY : body,
     };
   }
 
-  const implementation: UntypedServiceImplementation = {
-    CreateProducer: unary('CreateProducer', async (req: WireCreateRequest, ctx) => {
-      const topic = checkName(req.topic, 'topic', 127);
-      const caller = callerOf(ctx, req);
-      const endpoint = req.endpoint ?? '';
-      const handle = await producers.create({
-        ref: router.route(endpoint),
-        endpoint,
-        caller,
-        instanceId: req.instance_id ?? '',
-        topic,
-        accessKeySecret: req.access_key_secret ?? '',
-      });
+  function createInput(req: WireCreateRequest, ctx: CallContext) {
+    const endpoint = bounded(req.endpoint, 'endpoint', LIMITS.endpoint);
+    return {
+      ref: router.route(endpoint),
+      endpoint,
+      caller: callerOf(ctx, req),
+      instanceId: bounded(req.instance_id, 'instance_id', LIMITS.instanceId),
+      accessKeySecret: req.access_key_secret ?? '',
+    };
+  }
+
+  return {
+    CreateProducer: unary(async (req: WireCreateRequest, ctx) => {
+      const topic = checkName(req.topic, 'topic');
+      allow(ctx, 'publish', topic);
+      const handle = await producers.create({ ...createInput(req, ctx), topic });
       return ok({ producer_id: handle.id });
     }),
 
-    SendMessage: unary('SendMessage', async (req: WireSendRequest) => {
-      const msg = outgoing(req);
-      return ok(await send(req, msg));
-    }),
+    SendMessage: unary(async (req: WireSendRequest, ctx) => ok(await send(req, ctx, outgoing(req)))),
 
-    SendOrderedMessage: unary('SendOrderedMessage', async (req: WireSendRequest) => {
+    SendOrderedMessage: unary(async (req: WireSendRequest, ctx) => {
       const msg = outgoing(req);
-      const key = req.sharding_key || req.properties?.sharding_key;
+      const key = bounded(
+        req.sharding_key || req.properties?.sharding_key,
+        'sharding_key',
+        LIMITS.shardingKey,
+      );
       if (!key)
         throw new InvalidArgumentError(
           'sharding_key is required for SendOrderedMessage: it chooses the order',
         );
-      if (key.length > 256) throw new InvalidArgumentError('sharding_key is longer than 256 characters');
       msg.key = key;
-      return ok(await send(req, msg));
+      return ok(await send(req, ctx, msg));
     }),
 
-    SendDelayMessage: unary('SendDelayMessage', async (req: WireSendRequest) => {
+    SendDelayMessage: unary(async (req: WireSendRequest, ctx) => {
       const msg = outgoing(req);
-      const at = nonNegativeInt(req.start_deliver_time, 'start_deliver_time');
+      const at = deliverAtOf(
+        nonNegativeInt(req.start_deliver_time, 'start_deliver_time'),
+        'start_deliver_time',
+      );
       const level = nonNegativeInt(req.delay_time_level, 'delay_time_level');
-      if (at > 0) msg.deliverAt = at;
+      if (at !== undefined) msg.deliverAt = at;
       else if (level > 0) {
         const ms = DELAY_LEVELS_MS[level - 1];
         if (ms === undefined) {
@@ -255,36 +278,51 @@ export function createService(deps: ServiceDeps): {
           'SendDelayMessage needs start_deliver_time (ms since the epoch) or delay_time_level (1-18)',
         );
       }
-      return ok(await send(req, msg));
+      return ok(await send(req, ctx, msg));
     }),
 
-    SendTransactionMessage: unary('SendTransactionMessage', async (req: WireSendRequest) => {
+    SendTransactionMessage: unary(async (req: WireSendRequest, ctx) => {
       const msg = outgoing(req);
-      const handle = producers.get(requireId(req.producer_id, 'producer_id', 'CreateProducer'));
+      const handle = producers.get(
+        requireId(req.producer_id, 'producer_id', 'CreateProducer'),
+        ctx.principal.name,
+      );
       const seconds = req.trans_check_immunity_time || req.properties?.trans_check_immunity_time || 0;
       if (seconds < 0) throw new InvalidArgumentError('trans_check_immunity_time must not be negative');
-      const prepared = await producers.use(handle, (p) => p.prepare(msg));
-      const id = transactions.add(prepared, seconds > 0 ? seconds * 1000 : config.transactionTimeoutMs);
+      const immunityMs = seconds > 0 ? seconds * 1000 : config.transactionTimeoutMs;
+      atMost(
+        immunityMs,
+        config.maxTransactionImmunityMs,
+        'trans_check_immunity_time',
+        'MAX_TRANSACTION_IMMUNITY',
+      );
+      transactions.reserve(handle.caller);
+      let prepared: PreparedTransaction;
+      try {
+        prepared = await producers.use(handle, (p) => p.prepare(msg));
+      } catch (err) {
+        transactions.unreserve(handle.caller);
+        throw err;
+      }
+      const id = transactions.add(handle.caller, prepared, immunityMs);
       metrics.counts.messagesSent++;
       return ok({ message_id: prepared.messageId, transaction_id: id });
     }),
 
-    EndTransaction: unary('EndTransaction', async (req: WireEndTransactionRequest) => {
+    EndTransaction: unary(async (req: WireEndTransactionRequest, ctx) => {
       const id = requireId(req.transaction_id, 'transaction_id', 'SendTransactionMessage');
-      await transactions.end(id, req.commit === true);
+      await transactions.end(id, ctx.principal.name, req.commit === true);
       return ok({});
     }),
 
-    CreateConsumer: unary('CreateConsumer', async (req: WireCreateRequest, ctx) => {
-      const topic = checkName(req.topic, 'topic', 127);
-      const group = checkName(req.group_id, 'group_id', 255);
-      const filter = parseTagExpression(req.tag_expression);
-      const endpoint = req.endpoint ?? '';
+    CreateConsumer: unary(async (req: WireCreateRequest, ctx) => {
+      const topic = checkName(req.topic, 'topic');
+      const group = checkName(req.group_id, 'group_id');
+      allow(ctx, 'consume', topic);
+      allow(ctx, 'group', group);
+      const filter = parseTagExpression(bounded(req.tag_expression, 'tag_expression', LIMITS.tagExpression));
       const session = await consumers.create({
-        ref: router.route(endpoint),
-        endpoint,
-        caller: callerOf(ctx, req),
-        accessKeySecret: req.access_key_secret ?? '',
+        ...createInput(req, ctx),
         topic,
         group,
         tagExpression: filter.expression,
@@ -292,22 +330,36 @@ export function createService(deps: ServiceDeps): {
       return ok({ consumer_id: session.id });
     }),
 
-    AckMessage: unary('AckMessage', async (req: WireAckRequest) => {
-      const id = requireId(req.consumer_id, 'consumer_id', 'CreateConsumer');
-      const rh = requireId(req.receipt_handle, 'receipt_handle', 'ReceiveMessages');
-      await consumers.ack(id, rh);
+    AckMessage: unary(async (req: WireAckRequest, ctx) => {
+      const s = consumers.get(
+        requireId(req.consumer_id, 'consumer_id', 'CreateConsumer'),
+        ctx.principal.name,
+      );
+      await s.ack(requireId(req.receipt_handle, 'receipt_handle', 'ReceiveMessages'));
       return ok({});
     }),
 
-    NackMessage: unary('NackMessage', async (req: WireAckRequest) => {
-      const id = requireId(req.consumer_id, 'consumer_id', 'CreateConsumer');
+    NackMessage: unary(async (req: WireAckRequest, ctx) => {
+      const s = consumers.get(
+        requireId(req.consumer_id, 'consumer_id', 'CreateConsumer'),
+        ctx.principal.name,
+      );
       const rh = requireId(req.receipt_handle, 'receipt_handle', 'ReceiveMessages');
-      await consumers.nack(id, rh, nonNegativeInt(req.delay_ms, 'delay_ms'));
+      const delayMs = atMost(
+        nonNegativeInt(req.delay_ms, 'delay_ms'),
+        config.maxNackDelayMs,
+        'delay_ms',
+        'MAX_NACK_DELAY',
+      );
+      await s.nack(rh, delayMs);
       return ok({});
     }),
 
-    SendMessages: unary('SendMessages', async (req: WireSendMessagesRequest) => {
-      const handle = producers.get(requireId(req.producer_id, 'producer_id', 'CreateProducer'));
+    SendMessages: unary(async (req: WireSendMessagesRequest, ctx) => {
+      const handle = producers.get(
+        requireId(req.producer_id, 'producer_id', 'CreateProducer'),
+        ctx.principal.name,
+      );
       const entries = req.messages ?? [];
       checkBatchSize(entries.length, 'messages');
       const results = await producers.use(handle, (p) => {
@@ -343,15 +395,17 @@ export function createService(deps: ServiceDeps): {
       };
     }),
 
-    AckMessages: unary('AckMessages', async (req: WireAckMessagesRequest) => {
-      const id = requireId(req.consumer_id, 'consumer_id', 'CreateConsumer');
-      consumers.get(id);
+    AckMessages: unary(async (req: WireAckMessagesRequest, ctx) => {
+      const s = consumers.get(
+        requireId(req.consumer_id, 'consumer_id', 'CreateConsumer'),
+        ctx.principal.name,
+      );
       const handles = req.receipt_handles ?? [];
       checkBatchSize(handles.length, 'receipt_handles');
       const results = await Promise.all(
         handles.map((rh) =>
-          consumers
-            .ack(id, rh)
+          s
+            .ack(rh)
             .then((): WireEntryResult => ({ success: true, message: 'OK', message_id: '' }), entryFailure),
         ),
       );
@@ -366,71 +420,83 @@ export function createService(deps: ServiceDeps): {
       };
     }),
 
-    CleanupProducer: unary('CleanupProducer', async (req: WireCleanupRequest, ctx) => {
+    CleanupProducer: unary(async (req: WireCleanupRequest, ctx) => {
       if (req.producer_id) {
-        const released = await producers.release(req.producer_id);
+        const id = bounded(req.producer_id, 'producer_id', LIMITS.id);
+        const released = await producers.release(id, ctx.principal.name);
         return ok({ cleaned_count: released ? 1 : 0 });
       }
       if (!req.topic)
         throw new InvalidArgumentError('CleanupProducer needs producer_id, or topic (with endpoint)');
-      const n = await producers.releaseByTopic(callerOf(ctx, req), req.topic, req.endpoint ?? '');
+      const n = await producers.releaseByTopic(
+        callerOf(ctx, req),
+        bounded(req.topic, 'topic', LIMITS.topic),
+        bounded(req.endpoint, 'endpoint', LIMITS.endpoint),
+      );
       return ok({ cleaned_count: n });
     }),
 
-    CleanupConsumer: unary('CleanupConsumer', async (req: WireCleanupRequest, ctx) => {
+    CleanupConsumer: unary(async (req: WireCleanupRequest, ctx) => {
       if (req.consumer_id) {
-        const closed = await consumers.cleanup(req.consumer_id);
+        const id = bounded(req.consumer_id, 'consumer_id', LIMITS.id);
+        const closed = await consumers.cleanup(id, ctx.principal.name);
         return ok({ cleaned_count: closed ? 1 : 0 });
       }
       if (!req.group_id)
         throw new InvalidArgumentError('CleanupConsumer needs consumer_id, or group_id (with topic)');
-      const n = await consumers.cleanupByGroup(callerOf(ctx, req), req.group_id, req.topic ?? '');
+      const n = await consumers.cleanupByGroup(
+        callerOf(ctx, req),
+        bounded(req.group_id, 'group_id', LIMITS.group),
+        bounded(req.topic, 'topic', LIMITS.topic),
+      );
       return ok({ cleaned_count: n });
     }),
 
-    HealthCheck: unary(
-      'HealthCheck',
-      async () => {
-        if (deps.isClosing()) return { healthy: false, message: 'shutting down' };
-        const results = await Promise.all(router.refs.map((r) => r.broker.health()));
-        const bad = results.map((h, i) => ({ h, url: router.refs[i]?.url })).filter((x) => !x.h.ok);
-        return bad.length === 0
-          ? { healthy: true, message: 'OK' }
-          : { healthy: false, message: bad.map((b) => `${b.url}: ${b.h.detail}`).join('; ') };
-      },
-      { open: true },
-    ),
+    HealthCheck: unary(async (_req: object, ctx) => {
+      const results = await Promise.all(
+        router.refs.map((r) => r.broker.health().catch((e: Error) => ({ ok: false, detail: e.message }))),
+      );
+      const bad = results.flatMap((h, i) => (h.ok ? [] : [{ h, ref: router.refs[i] }]));
+      if (bad.length === 0) return { healthy: true, message: 'OK' };
+      // Broker addresses and errors only for callers with a valid token (or when auth is off).
+      const message = ctx.authenticated
+        ? bad.map((b) => `${b.ref?.url}: ${deps.redactor.scrub(b.h.detail)}`).join('; ')
+        : `${bad.length} of ${results.length} brokers unavailable`;
+      return { healthy: false, message };
+    }),
 
     ReceiveMessages: (call: ServerWritableStream<{ consumer_id?: string }, WireMessage>): void => {
+      let ended = false;
       const fail = (err: unknown): void => {
-        const se = toServiceError(err);
-        metrics.rpc('ReceiveMessages', STATUS_NAME[se.code] ?? String(se.code), -1);
-        call.emit('error', se);
+        if (ended) return;
+        ended = true;
+        call.emit('error', toStatus(err));
       };
-      if (deps.isClosing()) {
-        fail(new MqError('UNAVAILABLE', 'the gateway is shutting down; retry against another instance'));
-        return;
-      }
-      let attached: { detach: () => void; done: Promise<void> };
       try {
-        auth.authenticate(() => call.metadata.get('authorization')[0]?.toString());
+        const ctx = callContext(call);
         const id = requireId(call.request.consumer_id, 'consumer_id', 'CreateConsumer');
-        let ended = false;
         const sink: DeliverySink = {
-          write: (m, rh) => call.write(toWire(m, rh)),
-          drained: () => new Promise((resolve) => call.once('drain', resolve)),
+          write: (m, rh, flushed) => {
+            call.write(toWire(m, rh), flushed);
+          },
           end: (error) => {
-            if (ended) return;
-            ended = true;
             if (error) fail(error);
-            else {
-              metrics.rpc('ReceiveMessages', 'OK', -1);
+            else if (!ended) {
+              ended = true;
               call.end();
             }
           },
+          abort: (error) => {
+            fail(error);
+            // The status queues behind data the client never reads; if the call has not finished
+            // shortly, cut the connection so the transport lets go of that data.
+            const timer = setTimeout(() => deps.cutConnection(ctx.peer), ABORT_GRACE_MS);
+            timer.unref();
+            call.once('close', () => clearTimeout(timer));
+          },
         };
-        attached = consumers.attach(id, sink);
-        // 'cancelled' fires when the client goes away; 'error'/'close' cover transport failures.
+        const attached = consumers.attach(id, ctx.principal.name, sink);
+        // 'cancelled' fires when the client goes away; 'close' covers transport failures.
         const detach = (): void => {
           ended = true;
           attached.detach();
@@ -442,6 +508,4 @@ export function createService(deps: ServiceDeps): {
       }
     },
   };
-
-  return { implementation, inFlightCalls: () => active };
 }

@@ -1,5 +1,6 @@
-import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
+import { status as GrpcStatus } from '@grpc/grpc-js';
 import { type ErrorCode, MqError } from '../core/errors.js';
+import type { Redactor } from './redact.js';
 
 /** The one table from error codes to gRPC statuses. */
 export const STATUS_BY_CODE: Record<ErrorCode, GrpcStatus> = {
@@ -25,7 +26,26 @@ export const STATUS_NAME: Record<number, string> = Object.fromEntries(
     .map(([k, v]) => [v as number, k]),
 );
 
-export function toServiceError(err: unknown): Partial<ServiceError> & { code: GrpcStatus; details: string } {
+/** Longest status detail sent: broker errors can carry whole stack-like texts. */
+const MAX_DETAILS = 2000;
+
+export interface StatusObject {
+  code: GrpcStatus;
+  details: string;
+}
+
+export type StatusMapper = (err: unknown) => StatusObject;
+
+/** Maps any error to the status a client sees, with every known secret scrubbed from its text. */
+export function statusMapper(redactor: Redactor): StatusMapper {
+  return (err) => {
+    const { code, details } = toStatus(err);
+    const text = redactor.scrub(details);
+    return { code, details: text.length > MAX_DETAILS ? `${text.slice(0, MAX_DETAILS)}...` : text };
+  };
+}
+
+function toStatus(err: unknown): StatusObject {
   if (err instanceof MqError) {
     return { code: STATUS_BY_CODE[err.code], details: `${err.code}: ${err.message}` };
   }

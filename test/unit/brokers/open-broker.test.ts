@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { openBroker, parseBrokerUrl, redactUrl } from '../../../src/brokers/index.js';
+import { openBroker, parseBrokerUrl, redactUrl, urlSecrets } from '../../../src/brokers/index.js';
 import { withLeakCheck } from '../../support/leaks.js';
 
 test('a host list in the authority moves to the adapter parameter', () => {
@@ -23,8 +23,18 @@ test('unknown schemes and non-URLs are INVALID_ARGUMENT naming what is supported
   await assert.rejects(openBroker('not a url'), { code: 'INVALID_ARGUMENT' });
 });
 
-test('passwords never reach logs', () => {
-  assert.equal(redactUrl('nats://user:secret@h:4222'), 'nats://user:***@h:4222');
+test('credentials never reach logs: user, password, a NATS token in the user part, secret parameters', () => {
+  assert.equal(redactUrl('nats://user:secret@h:4222'), 'nats://***:***@h:4222');
+  assert.equal(redactUrl('nats://s3cr3tT0ken@h:4222'), 'nats://***@h:4222');
+  assert.equal(
+    redactUrl('rocketmq://h:8081?accessKey=AK&secretKey=SK1234&cluster=c'),
+    'rocketmq://h:8081?accessKey=***&secretKey=***&cluster=c',
+  );
+  assert.equal(redactUrl('nats://tok1@a:1,b:2'), 'nats://***@a:1?servers=b%3A2');
+  assert.deepEqual(
+    urlSecrets('nats://us%40er:p%2Fw@h:1').sort(),
+    ['p%2Fw', 'p/w', 'us%40er', 'us@er'].sort(),
+  );
 });
 
 test('opening and closing the embedded broker by URL leaves nothing behind', async () => {

@@ -13,6 +13,7 @@ import {
 import { eventually } from '../../support/leaks.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
+const LIMITED = 'limited-token-0123456789abcdef';
 const keys = { endpoint: 'e', access_key_id: 'AK', access_key_secret: 'S', instance_id: 'i' };
 
 describe('bad input gets its exact status, a message naming the problem, and the process stays up', () => {
@@ -27,7 +28,10 @@ describe('bad input gets its exact status, a message naming the problem, and the
       maxBatchSize: 10,
       maxProducersPerCaller: 3,
       maxConsumersPerCaller: 2,
-      authTokens: new Map([[TOKEN, 'tests']]),
+      authTokens: new Map([
+        [TOKEN, 'tests'],
+        [LIMITED, 'limited'],
+      ]),
     });
     producerId = (
       await call<{ producer_id: string }>(gw.client, 'CreateProducer', { ...keys, topic }, metadata(TOKEN))
@@ -366,10 +370,16 @@ describe('bad input gets its exact status, a message naming the problem, and the
   });
 
   test('per-caller limits answer RESOURCE_EXHAUSTED naming the limit; another caller is unaffected', async () => {
-    const me = { ...keys, access_key_id: 'limited' };
-    for (let i = 0; i < 3; i++) await call(gw.client, 'CreateProducer', { ...me, topic }, metadata(TOKEN));
+    // The limit follows the principal: new access keys and secrets do not buy more.
+    for (let i = 0; i < 3; i++)
+      await call(
+        gw.client,
+        'CreateProducer',
+        { ...keys, access_key_id: `k${i}`, access_key_secret: `s${i}`, topic },
+        metadata(LIMITED),
+      );
     await assert.rejects(
-      call(gw.client, 'CreateProducer', { ...me, topic }, metadata(TOKEN)),
+      call(gw.client, 'CreateProducer', { ...keys, access_key_id: 'k9', topic }, metadata(LIMITED)),
       (err: { code: number; details: string }) => {
         assert.equal(err.code, status.RESOURCE_EXHAUSTED);
         assert.match(err.details, /MAX_PRODUCERS_PER_CALLER=3/);
@@ -377,9 +387,14 @@ describe('bad input gets its exact status, a message naming the problem, and the
       },
     );
     for (let i = 0; i < 2; i++)
-      await call(gw.client, 'CreateConsumer', { ...me, topic, group_id: 'lim' }, metadata(TOKEN));
+      await call(
+        gw.client,
+        'CreateConsumer',
+        { ...keys, access_key_secret: `s${i}`, topic, group_id: 'lim' },
+        metadata(LIMITED),
+      );
     await assert.rejects(
-      call(gw.client, 'CreateConsumer', { ...me, topic, group_id: 'lim' }, metadata(TOKEN)),
+      call(gw.client, 'CreateConsumer', { ...keys, topic, group_id: 'lim' }, metadata(LIMITED)),
       (err: { code: number; details: string }) => {
         assert.equal(err.code, status.RESOURCE_EXHAUSTED);
         assert.match(err.details, /MAX_CONSUMERS_PER_CALLER=2/);

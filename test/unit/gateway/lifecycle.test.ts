@@ -148,7 +148,7 @@ test('a second concurrent stream on one consumer id is refused with FAILED_PRECO
     const b = receive(gw.client, consumer_id);
     await eventually(() => b.ended, 'second stream refused');
     assert.equal(b.error?.code, 9);
-    assert.match(b.error?.details ?? '', /already has an active ReceiveMessages stream/);
+    assert.match(b.error?.details ?? '', /already has an active stream/);
     assert.equal(a.ended, false, 'the first stream is untouched');
     a.end();
   } finally {

@@ -33,8 +33,15 @@ function find(dir: string): string[] {
 }
 
 const all = find(join(root, 'test'));
-/** Files under test/unit need no broker; every other test file may. */
-const isUnit = (f: string): boolean => relative(root, f).startsWith(join('test', 'unit'));
+/**
+ * Files under test/unit need no broker, nor do the hostile-client files except those named for a
+ * broker (`*.kafka.test.ts`); every other test file may.
+ */
+const isUnit = (f: string): boolean => {
+  const rel = relative(root, f);
+  if (rel.startsWith(join('test', 'unit'))) return true;
+  return rel.startsWith(join('test', 'hostile')) && !/\.(kafka|nats|rocketmq)\.test\.ts$/.test(rel);
+};
 const files =
   named.length > 0 ? named.map((f) => join(process.cwd(), f)) : unitOnly ? all.filter(isUnit) : all;
 const needsBrokers = files.some((f) => !isUnit(f));

@@ -6,6 +6,7 @@ import { publishCommand } from './cli/publish.js';
 import { isMqError } from './core/errors.js';
 import { describeSettings, type GatewayConfig, loadConfig, SETTINGS } from './gateway/config.js';
 import { createLogger } from './gateway/log.js';
+import { brokerRedactor } from './gateway/redact.js';
 import { Gateway } from './gateway/server.js';
 
 const program = new Command('mqgate').description(
@@ -39,7 +40,8 @@ serve.action(async (opts: Record<string, string | boolean>) => {
     console.error(`mqgate: ${(err as Error).message}`);
     process.exit(2);
   }
-  const log = createLogger(config.logLevel);
+  const redactor = brokerRedactor(config.brokers.map((b) => b.url));
+  const log = createLogger(config.logLevel, redactor);
   const gateway = new Gateway({ config, logger: log });
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -68,7 +70,7 @@ serve.action(async (opts: Record<string, string | boolean>) => {
     await gateway.start();
   } catch (err) {
     log.fatal({ err }, 'start-up failed');
-    console.error(`mqgate: ${isMqError(err) ? err.message : String(err)}`);
+    console.error(`mqgate: ${redactor.scrub(isMqError(err) ? err.message : String(err))}`);
     process.exit(1);
   }
 });

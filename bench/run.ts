@@ -9,6 +9,7 @@ const BENCHES: Record<string, () => Promise<BenchModule>> = {
   consume: () => import('./consume.js'),
   ceiling: () => import('./ceiling.js'),
   lanes: () => import('./lanes.js'),
+  hostile: () => import('./hostile.js'),
 };
 
 async function main(): Promise<number> {

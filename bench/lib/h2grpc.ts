@@ -87,9 +87,12 @@ export interface ServerStream {
 
 export class H2GrpcClient {
   readonly #session: ClientHttp2Session;
+  readonly #headers: Record<string, string>;
   #closed = false;
 
-  constructor(port: number) {
+  /** `headers` go on every request (e.g. authorization). */
+  constructor(port: number, headers: Record<string, string> = {}) {
+    this.#headers = headers;
     this.#session = connect(`http://127.0.0.1:${port}`);
     this.#session.on('error', (err) => {
       // Kept for the next call's error; an idle session error must not crash the bench.
@@ -117,6 +120,7 @@ export class H2GrpcClient {
       this.#check(name);
       const req = this.#session.request({
         ...HEADERS_BASE,
+        ...this.#headers,
         [constants.HTTP2_HEADER_PATH]: `/${SERVICE}/${name}`,
       });
       let body: Buffer | undefined;
@@ -148,6 +152,7 @@ export class H2GrpcClient {
     this.#check(name);
     const req = this.#session.request({
       ...HEADERS_BASE,
+      ...this.#headers,
       [constants.HTTP2_HEADER_PATH]: `/${SERVICE}/${name}`,
     });
     const reader = new FrameReader();
@@ -176,6 +181,28 @@ export class H2GrpcClient {
       },
       done,
     };
+  }
+
+  /**
+   * Opens a server-streaming call and never reads it: the stream is paused, so the client's
+   * flow-control window fills and the server can write nothing more (a stuck or hostile client).
+   * Resolves with a function that reports whether the server has ended the stream.
+   */
+  neverReadingStream(name: string, frame: Buffer): { closed: () => boolean } {
+    this.#check(name);
+    const req = this.#session.request({
+      ...HEADERS_BASE,
+      ...this.#headers,
+      [constants.HTTP2_HEADER_PATH]: `/${SERVICE}/${name}`,
+    });
+    let closed = false;
+    req.on('error', () => {});
+    req.on('close', () => {
+      closed = true;
+    });
+    req.end(frame);
+    req.pause();
+    return { closed: () => closed || this.#session.destroyed };
   }
 
   /** Closes gracefully; streams still open after `graceMs` are destroyed with the session. */

@@ -11,7 +11,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const DIST_CLI = join(ROOT, 'dist', 'cli.js');
+/**
+ * The gateway build a bench runs: this tree's dist/, or BENCH_GATEWAY_CLI (another checkout's
+ * dist/cli.js) to measure an earlier version side by side with the same bench code.
+ */
+const DIST_CLI = process.env.BENCH_GATEWAY_CLI ?? join(ROOT, 'dist', 'cli.js');
 
 /**
  * Installed in the gateway with `--import`: SIGUSR2 runs a full GC and reports on stderr. It lets
@@ -48,7 +52,7 @@ let buildChecked = false;
 export function ensureBuilt(): void {
   if (buildChecked) return;
   buildChecked = true;
-  if (process.env.BENCH_SKIP_BUILD === '1' && existsSync(DIST_CLI)) return;
+  if ((process.env.BENCH_SKIP_BUILD === '1' || process.env.BENCH_GATEWAY_CLI) && existsSync(DIST_CLI)) return;
   const built = existsSync(DIST_CLI) ? statSync(DIST_CLI).mtimeMs : 0;
   if (built >= newestMtime(join(ROOT, 'src'))) return;
   console.log('dist/ is older than src/: running npm run build');

@@ -112,7 +112,7 @@ class KafkaDelivery implements Delivery {
   }
 
   nack(options?: NackOptions): Promise<void> {
-    return this.sub.settle(this, 'nack', options?.delayMs ?? 0);
+    return this.sub.settle(this, 'nack', options?.delayMs ?? 0, options?.uncounted === true);
   }
 }
 
@@ -326,7 +326,7 @@ export class KafkaSubscription implements Subscription {
   }
 
   /** Called by a delivery's ack() / nack(). */
-  async settle(d: KafkaDelivery, how: 'ack' | 'nack', delayMs = 0): Promise<void> {
+  async settle(d: KafkaDelivery, how: 'ack' | 'nack', delayMs = 0, uncounted = false): Promise<void> {
     // Acking twice is harmless; anything else on a delivery we no longer hold is NOT_FOUND.
     if (d.acked && how === 'ack') return;
     if (!d.live) {
@@ -339,6 +339,11 @@ export class KafkaSubscription implements Subscription {
         throw new InvalidArgumentError(
           `nack delayMs=${delayMs} is invalid; it accepts a number of milliseconds >= 0`,
         );
+      }
+      if (uncounted) {
+        // The consumer never received it: this hand-out is not a delivery attempt.
+        const n = d.state.deliveredCount.get(d.offset) ?? 0;
+        if (n > 0) d.state.deliveredCount.set(d.offset, n - 1);
       }
       this.#rewind(d.state, delayMs);
       return;

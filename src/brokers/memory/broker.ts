@@ -13,6 +13,7 @@ import { parseTagExpression, type TagFilter } from '../../core/tags.js';
 import {
   type Broker,
   type BrokerCapabilities,
+  type BrokerCounters,
   type BrokerLog,
   type BrokerOpenOptions,
   DEFAULT_ACK_TIMEOUT_MS,
@@ -29,9 +30,11 @@ import {
 } from '../broker.js';
 import { Deque } from './deque.js';
 import {
+  DEFAULT_GROUP_RETENTION_MS,
   DEFAULT_MAX_ATTEMPTS,
   DEFAULT_MAX_MESSAGE_BYTES,
   DEFAULT_MAX_TOPIC_BYTES,
+  defaultMaxBytes,
   type MemoryBrokerSettings,
 } from './options.js';
 
@@ -49,6 +52,8 @@ import {
  *   subscription's deliveries share one ack timeout, so they expire in the order they were handed
  *   out and a linked list in that order is enough. Nack delays and delayed messages are entries
  *   in the broker's one Scheduler (a heap behind a single unref'd timer).
+ * - A group with no subscription for groupRetentionMs is forgotten and releases everything it
+ *   owes, so a group nobody comes back for cannot hold its topic full forever.
  */
 
 export const DLQ_PREFIX = '%DLQ%';
@@ -204,7 +209,10 @@ class Topic {
     const limit = this.engine.settings.maxTopicBytes;
     while (this.bytes + bytes > limit && this.#orphans.length > 0) {
       const slot = this.#orphans.shift() as Slot;
-      if (slot.live && slot.refs === 0) this.#free(slot);
+      if (slot.live && slot.refs === 0) {
+        this.#free(slot);
+        this.engine.backlogDropped++;
+      }
     }
     if (this.bytes + bytes > limit) {
       throw new ResourceExhaustedError(
@@ -241,6 +249,23 @@ class Topic {
   release(slot: Slot): void {
     slot.refs--;
     if (slot.refs <= 0 && slot.live) this.#free(slot);
+  }
+
+  /** Forgets a group that had no subscription for groupRetentionMs, releasing what it owes. */
+  expire(group: Group): void {
+    if (this.groups.get(group.name) !== group || group.subs.size > 0) return;
+    this.groups.delete(group.name);
+    const released = group.releaseAll();
+    this.engine.groupsExpired++;
+    this.engine.log?.info(
+      {
+        topic: this.name,
+        group: group.name,
+        released,
+        retentionMs: this.engine.settings.groupRetentionMs,
+      },
+      'memory broker: consumer group forgotten after its retention period without a subscription',
+    );
   }
 
   /** A new group reading from the earliest retained message owes every one of them an ack. */
@@ -294,7 +319,14 @@ class Group {
   readonly #ready = new Deque<Entry>();
   readonly #keys = new Map<string, KeyLock>();
   #parked = 0;
-  #sleeping = 0;
+  /** Entries waiting out a nack delay (or a dead-letter retry), with their scheduler entries. */
+  readonly #sleeping = new Map<Entry, ScheduledTask>();
+  /** When the last subscription closed; undefined while the group has one. */
+  #idleSince: number | undefined;
+  /** Whether a retention check is in the scheduler (at most one per group). */
+  #expiryArmed = false;
+  /** Set once the topic forgot the group; nothing may be handed out or re-queued after that. */
+  #expired = false;
 
   constructor(
     readonly name: string,
@@ -309,6 +341,76 @@ class Group {
     this.notify();
   }
 
+  /** A subscription joined: the group is in use again and keeps everything it owes. */
+  active(): void {
+    this.#idleSince = undefined;
+  }
+
+  /**
+   * The last subscription closed: the group is forgotten after groupRetentionMs unless one joins
+   * before. Rejoining does not cancel the scheduler entry: a cancelled entry stays in the
+   * scheduler's heap until its due time, so a client reconnecting in a loop would pile up one
+   * per reconnect. Instead the one entry checks when it fires and re-arms if the group went idle
+   * again later, or does nothing if it is in use.
+   */
+  idle(): void {
+    const engine = this.topic.engine;
+    if (this.subs.size > 0 || engine.closed) return;
+    this.#idleSince = Date.now();
+    if (!this.#expiryArmed) this.#armExpiry(this.#idleSince + engine.settings.groupRetentionMs);
+  }
+
+  #armExpiry(at: number): void {
+    this.#expiryArmed = true;
+    this.topic.engine.scheduler.at(at, () => {
+      this.#expiryArmed = false;
+      if (this.#idleSince === undefined) return;
+      const due = this.#idleSince + this.topic.engine.settings.groupRetentionMs;
+      if (due > Date.now()) this.#armExpiry(due);
+      else this.topic.expire(this);
+    });
+  }
+
+  /**
+   * Releases every message the group still owes (unread, ready, parked behind a key, sleeping
+   * on a nack delay) so the topic can free them; returns how many. Only for a group without
+   * subscriptions, which therefore has nothing in flight.
+   */
+  releaseAll(): number {
+    this.#expired = true;
+    const topic = this.topic;
+    let released = 0;
+    for (const slot of this.#unread) {
+      topic.release(slot);
+      released++;
+    }
+    this.#unread.clear();
+    // Key holders are in #ready or #sleeping (nothing is in flight), so each entry is released
+    // exactly once: from where it waits, not from the lock that names it.
+    for (const entry of this.#ready) {
+      topic.release(entry.slot);
+      released++;
+    }
+    this.#ready.clear();
+    for (const lock of this.#keys.values()) {
+      if (lock.waiting === undefined) continue;
+      for (const entry of lock.waiting) {
+        topic.release(entry.slot);
+        released++;
+      }
+    }
+    this.#keys.clear();
+    this.#parked = 0;
+    for (const [entry, task] of this.#sleeping) {
+      task.cancel();
+      topic.release(entry.slot);
+      released++;
+    }
+    this.#sleeping.clear();
+    this.waiting.clear();
+    return released;
+  }
+
   notify(): void {
     if (this.waiting.size === 0) return;
     // wake() only resolves promises, so the set is not modified while iterating it.
@@ -318,6 +420,7 @@ class Group {
 
   /** The next entry this group may deliver, or undefined when there is none right now. */
   take(): Entry | undefined {
+    if (this.#expired) return undefined;
     for (;;) {
       const entry = this.#ready.shift();
       if (entry === undefined) break;
@@ -386,12 +489,14 @@ class Group {
       this.notify();
       return;
     }
-    this.#sleeping++;
-    engine.scheduler.after(wait, () => {
-      this.#sleeping--;
+    const task = engine.scheduler.after(wait, () => {
+      // releaseAll() cancels these, so this runs only for a group that still exists; the check
+      // keeps an expired group from taking back a message it has already released.
+      if (!this.#sleeping.delete(entry) || this.#expired) return;
       this.#ready.push(entry);
       this.notify();
     });
+    this.#sleeping.set(entry, task);
   }
 
   stats(): MemoryGroupStats {
@@ -399,7 +504,7 @@ class Group {
     for (const sub of this.subs) inFlight += sub.inFlight;
     return {
       group: this.name,
-      backlog: this.#unread.length + this.#ready.length + this.#parked + this.#sleeping,
+      backlog: this.#unread.length + this.#ready.length + this.#parked + this.#sleeping.size,
       inFlight,
       subscriptions: this.subs.size,
     };
@@ -622,6 +727,7 @@ class MemorySubscription implements Subscription {
       d.state = CLOSED;
       group.requeue(d.entry, 'its subscription closed before it was acked', 0);
     }
+    group.idle();
     this.wake();
   }
 }
@@ -727,6 +833,10 @@ class Engine {
   readonly scheduler: Scheduler;
   readonly ids = new IdGenerator();
   closed = false;
+  /** Groups forgotten after groupRetentionMs without a subscription. */
+  groupsExpired = 0;
+  /** Messages no group owed, dropped to make room for new ones. */
+  backlogDropped = 0;
 
   constructor(
     readonly settings: MemoryBrokerSettings,
@@ -907,11 +1017,25 @@ export class MemoryBroker implements Broker {
   readonly close: () => Promise<void>;
 
   constructor(options: MemoryBrokerOptions = {}) {
+    const maxTopicBytes = positiveInteger(options.maxTopicBytes, 'maxTopicBytes', DEFAULT_MAX_TOPIC_BYTES);
+    const maxBytes = positiveInteger(options.maxBytes, 'maxBytes', defaultMaxBytes(maxTopicBytes));
+    if (maxBytes < maxTopicBytes) {
+      throw new InvalidArgumentError(
+        `maxBytes ${formatBytes(maxBytes)} is below maxTopicBytes ${formatBytes(maxTopicBytes)}: no topic could ` +
+          `reach its own limit; raise maxBytes or lower maxTopicBytes (e.g. memory://?maxTopicBytes=64MiB&maxBytes=256MiB)`,
+      );
+    }
     const settings: MemoryBrokerSettings = {
-      maxTopicBytes: positiveInteger(options.maxTopicBytes, 'maxTopicBytes', DEFAULT_MAX_TOPIC_BYTES),
+      maxTopicBytes,
+      maxBytes,
       maxMessageBytes: positiveInteger(options.maxMessageBytes, 'maxMessageBytes', DEFAULT_MAX_MESSAGE_BYTES),
       maxAttempts: positiveInteger(options.maxAttempts, 'maxAttempts', DEFAULT_MAX_ATTEMPTS),
       ackTimeoutMs: options.ackTimeoutMs,
+      groupRetentionMs: positiveInteger(
+        options.groupRetentionMs,
+        'groupRetentionMs',
+        DEFAULT_GROUP_RETENTION_MS,
+      ),
     };
     // The URL's ackTimeout is specific to this broker, so it wins over the generic open option.
     this.#defaultAckTimeoutMs = positiveInteger(
@@ -978,6 +1102,7 @@ export class MemoryBroker implements Broker {
       group.filter = filter;
     }
     if (options.ordered === true) group.ordered = true;
+    group.active();
     const sub = new MemorySubscription(engine, group, { maxInFlight, ackTimeoutMs });
     group.subs.add(sub);
     engine.subscriptions.add(sub);
@@ -1001,6 +1126,13 @@ export class MemoryBroker implements Broker {
   /** Every topic's stats; cheap enough for a metrics scrape. */
   stats(): MemoryTopicStats[] {
     return [...this.#engine.topics.values()].map((t) => t.stats());
+  }
+
+  counters(): BrokerCounters {
+    const engine = this.#engine;
+    let retainedBytes = 0;
+    for (const topic of engine.topics.values()) retainedBytes += topic.bytes;
+    return { groupsExpired: engine.groupsExpired, backlogDropped: engine.backlogDropped, retainedBytes };
   }
 
   /** Scheduler entries pending (visibility timeouts, nack delays, delayed messages). */

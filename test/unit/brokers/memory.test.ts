@@ -67,9 +67,11 @@ describe('memory broker: URL options', () => {
       assert.equal(broker.kind, 'memory');
       assert.deepEqual(broker.settings, {
         maxTopicBytes: 8 * 1024 * 1024,
+        maxBytes: 256 * 1024 * 1024,
         maxMessageBytes: 64 * 1024,
         maxAttempts: 3,
         ackTimeoutMs: 1500,
+        groupRetentionMs: 10 * 60_000,
       });
       assert.deepEqual(broker.capabilities, {
         ordered: true,

@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { MemoryBroker, type MemoryBrokerOptions } from '../../../src/brokers/memory/index.js';
+import {
+  MemoryBroker,
+  type MemoryBrokerOptions,
+  openMemoryBroker,
+} from '../../../src/brokers/memory/index.js';
 import { isMqError, type MqError } from '../../../src/core/errors.js';
 import { bodyText } from '../../../src/core/message.js';
 import { Reader } from '../../support/behaviour.js';
@@ -163,5 +167,154 @@ describe('memory broker: group retention', () => {
       assert.ok(broker.scheduledTasks >= 6, `${broker.scheduledTasks} scheduler entries`);
       assert.equal(broker.counters().groupsExpired, 0);
     });
+  });
+});
+
+describe('memory broker: broker-wide maxBytes', () => {
+  test('the oldest unowned backlog of any topic makes room; owed messages are never dropped', async () => {
+    const KiB = 1024;
+    await withBroker({ maxTopicBytes: 16 * KiB, maxBytes: 24 * KiB }, async (broker) => {
+      const body = new Uint8Array(1000);
+      const stats = (topic: string) => {
+        const s = broker.topicStats(topic);
+        assert.ok(s, `topic ${topic} exists`);
+        return s;
+      };
+      // Backlog nobody owes: A's first, then C's.
+      const a = uid('a');
+      const c = uid('c');
+      const pa = await broker.producer(a);
+      const pc = await broker.producer(c);
+      for (let i = 0; i < 6; i++) await pa.send({ body });
+      for (let i = 0; i < 2; i++) await pc.send({ body });
+      const orphans = stats(a).messages + stats(c).messages;
+      assert.equal(orphans, 8);
+      const oldestFirst = () =>
+        assert.ok(stats(a).messages === 0 || stats(c).messages === 2, 'C loses nothing while A has backlog');
+
+      // B and D have a group that reads nothing: everything sent to them is owed.
+      const live: Array<{ reader: Reader; sent: string[] }> = [];
+      let refusal: MqError | undefined;
+      for (const name of [uid('b'), uid('d')]) {
+        const reader = new Reader(await broker.subscribe({ topic: name, group: 'slow' }));
+        const p = await broker.producer(name);
+        const sent: string[] = [];
+        const { error } = await fill(async () => {
+          sent.push((await p.send({ body })).messageId);
+          oldestFirst();
+        });
+        live.push({ reader, sent });
+        refusal = error;
+      }
+      // B stops at its own maxTopicBytes; D at what B leaves of the broker's maxBytes.
+      assert.ok(refusal);
+      assert.equal(refusal.code, 'RESOURCE_EXHAUSTED');
+      assert.equal(refusal.retryable, true);
+      const counters = broker.counters();
+      assert.match(refusal.message, /maxBytes/);
+      assert.match(refusal.message, /24KiB/);
+      assert.match(refusal.message, new RegExp(`${counters.retainedBytes} bytes retained`));
+      assert.match(refusal.message, /memory:\/\/\?maxBytes=1GiB/);
+
+      assert.equal(stats(a).messages, 0, "A's backlog, the oldest, went first");
+      assert.equal(counters.backlogDropped, orphans - stats(c).messages);
+      assert.ok((counters.retainedBytes ?? 0) <= 24 * KiB);
+      const total = broker.stats().reduce((sum, s) => sum + s.bytes, 0);
+      assert.equal(counters.retainedBytes, total, 'retainedBytes is the sum over topics');
+
+      // Every message the live groups were sent is still there, in order.
+      for (const { reader, sent } of live) {
+        const got: string[] = [];
+        for (let i = 0; i < sent.length; i++) {
+          const d = await reader.next(ARRIVE, `message ${i}`);
+          got.push(d.message.id);
+          await d.ack();
+        }
+        assert.deepEqual(got, sent);
+      }
+      assert.equal(broker.counters().retainedBytes, stats(c).bytes, 'only what is left of the backlog');
+    });
+  });
+
+  test('a send that would fail anyway drops no backlog; one that fits after dropping some does', async () => {
+    await withBroker({ maxTopicBytes: 8 * 1024, maxBytes: 12 * 1024 }, async (broker) => {
+      // Owed messages filling one topic up to its own limit, about 8 KiB of the broker's 12.
+      const full = uid('full');
+      await broker.subscribe({ topic: full, group: 'g' });
+      const pf = await broker.producer(full);
+      const { error } = await fill(() => pf.send({ body: new Uint8Array(1000) }));
+      assert.match(error.message, /maxTopicBytes/);
+      // Then backlog nobody owes, about 3 KiB.
+      const orphan = uid('orphan');
+      const po = await broker.producer(orphan);
+      for (let i = 0; i < 2; i++) await po.send({ body: new Uint8Array(1000) });
+
+      const other = uid('other');
+      await broker.subscribe({ topic: other, group: 'g' });
+      const p = await broker.producer(other);
+      // Over 5 KiB: it would not fit even with every orphan gone, so none is dropped for it.
+      const err = await p.send({ body: new Uint8Array(5000) }).then(
+        () => assert.fail('expected RESOURCE_EXHAUSTED'),
+        (e: unknown) => e,
+      );
+      assert.ok(isMqError(err) && err.code === 'RESOURCE_EXHAUSTED', String(err));
+      assert.match(err.message, /maxBytes/);
+      assert.equal(broker.topicStats(orphan)?.messages, 2);
+      assert.equal(broker.counters().backlogDropped, 0);
+      // About 3.5 KiB fits once the backlog makes way.
+      await p.send({ body: new Uint8Array(3000) });
+      const dropped = broker.counters().backlogDropped ?? 0;
+      assert.ok(dropped >= 1, 'backlog was dropped for it');
+      assert.equal(broker.topicStats(orphan)?.messages, 2 - dropped);
+    });
+  });
+});
+
+describe('memory broker: retention and broker-wide limit settings', () => {
+  test('groupRetention and maxBytes are read from the URL; maxBytes follows a larger maxTopicBytes', async () => {
+    const cases: Array<[string, { maxBytes: number; groupRetentionMs: number }]> = [
+      ['memory://', { maxBytes: 256 * 1024 ** 2, groupRetentionMs: 10 * 60_000 }],
+      ['memory://?groupRetention=90s&maxBytes=1GiB', { maxBytes: 1024 ** 3, groupRetentionMs: 90_000 }],
+      ['memory://?groupRetention=1h30m', { maxBytes: 256 * 1024 ** 2, groupRetentionMs: 5_400_000 }],
+      // Raising only maxTopicBytes must still let one topic reach its limit.
+      ['memory://?maxTopicBytes=512MiB', { maxBytes: 512 * 1024 ** 2, groupRetentionMs: 10 * 60_000 }],
+    ];
+    for (const [url, expected] of cases) {
+      const broker = (await openMemoryBroker(new URL(url), {})) as MemoryBroker;
+      try {
+        const { maxBytes, groupRetentionMs } = broker.settings;
+        assert.deepEqual({ maxBytes, groupRetentionMs }, expected, url);
+        assert.deepEqual(broker.counters(), { groupsExpired: 0, backlogDropped: 0, retainedBytes: 0 });
+      } finally {
+        await broker.close();
+      }
+    }
+  });
+
+  test('bad values are refused naming the parameter', async () => {
+    const cases: Array<[string, RegExp]> = [
+      ['memory://?groupRetention=10', /groupRetention.*not a duration.*10m|groupRetention.*e\.g\./],
+      ['memory://?groupRetention=0s', /groupRetention.*longer than 0/],
+      ['memory://?groupRetention=soon', /groupRetention/],
+      ['memory://?maxBytes=lots', /maxBytes.*MiB/],
+      ['memory://?maxBytes=10', /maxBytes.*at least 1KiB/],
+      ['memory://?maxBytes=1MiB', /maxBytes 1MiB is below maxTopicBytes 64MiB.*raise maxBytes/],
+      ['memory://?maxTopicBytes=1GiB&maxBytes=512MiB', /maxBytes 512MiB is below maxTopicBytes 1GiB/],
+      ['memory://?groupRetentionMs=5m', /unknown parameter "groupRetentionMs".*maxBytes.*groupRetention/],
+    ];
+    for (const [url, pattern] of cases) {
+      const err = await openMemoryBroker(new URL(url), {}).then(
+        async (broker) => {
+          await broker.close();
+          return assert.fail(`${url} was accepted`);
+        },
+        (e: unknown) => e,
+      );
+      assert.ok(isMqError(err), `${url}: ${String(err)}`);
+      assert.equal(err.code, 'INVALID_ARGUMENT', url);
+      assert.match(err.message, pattern, url);
+    }
+    assert.throws(() => new MemoryBroker({ groupRetentionMs: 0 }), /groupRetentionMs 0 is not valid/);
+    assert.throws(() => new MemoryBroker({ maxTopicBytes: 2048, maxBytes: 1024 }), /maxBytes 1KiB is below/);
   });
 });

@@ -264,7 +264,8 @@ describe('memory broker: bounded memory', () => {
       assert.match(error.message, new RegExp(`topic "${topic}"`));
       assert.match(error.message, /8KiB/);
       assert.match(error.message, /maxTopicBytes/);
-      assert.ok(sent >= 7 && sent <= 8, `about 8 KiB of 1000-byte messages fit (${sent})`);
+      // Each is charged its heap cost, ~1.5 KiB for a 1000-byte body with the broker's bookkeeping.
+      assert.ok(sent >= 4 && sent <= 6, `about 8 KiB of 1000-byte messages fit (${sent})`);
       const stats = broker.topicStats(topic);
       assert.ok(stats && stats.bytes <= stats.maxBytes);
       await (await reader.next(ARRIVE)).ack();

@@ -7,14 +7,28 @@ export interface ScheduledTask {
   cancel(): void;
 }
 
-interface Entry {
-  at: number;
-  seq: number;
-  fn: () => void;
-  cancelled: boolean;
-}
-
 const NOOP = (): void => {};
+
+/**
+ * A heap entry is also the handle returned to the caller, so scheduling allocates one object
+ * rather than an entry plus a handle, a closure and its context (~175 bytes more per task,
+ * which adds up when callers keep a handle per message, e.g. the embedded broker's nack delays).
+ */
+class Entry implements ScheduledTask {
+  cancelled = false;
+  constructor(
+    readonly at: number,
+    readonly seq: number,
+    public fn: () => void,
+  ) {}
+
+  cancel(): void {
+    this.cancelled = true;
+    // The heap keeps the entry until its due time: drop the callback now so whatever it
+    // closes over (a closed subscription, a delivery) can be collected at once.
+    this.fn = NOOP;
+  }
+}
 
 export class Scheduler {
   #heap: Entry[] = [];
@@ -37,21 +51,14 @@ export class Scheduler {
 
   /** Runs fn at (or soon after) epoch-ms `at`. */
   at(at: number, fn: () => void): ScheduledTask {
-    const entry: Entry = { at, seq: this.#seq++, fn, cancelled: false };
+    const entry = new Entry(at, this.#seq++, fn);
     if (this.#closed) {
-      entry.cancelled = true;
-      return { cancel: () => {} };
+      entry.cancel();
+      return entry;
     }
     this.#push(entry);
     if (at < this.#armedAt) this.#arm();
-    return {
-      cancel: () => {
-        entry.cancelled = true;
-        // The heap keeps the entry until its due time: drop the callback now so whatever it
-        // closes over (a closed subscription, a delivery) can be collected at once.
-        entry.fn = NOOP;
-      },
-    };
+    return entry;
   }
 
   after(ms: number, fn: () => void): ScheduledTask {
@@ -91,9 +98,11 @@ export class Scheduler {
     while (this.#heap.length > 0 && (this.#heap[0] as Entry).at <= now) {
       const entry = this.#pop() as Entry;
       if (entry.cancelled) continue;
-      entry.cancelled = true;
+      const fn = entry.fn;
+      // A caller may keep the handle after the task ran; it must not keep the callback alive.
+      entry.cancel();
       try {
-        entry.fn();
+        fn();
       } catch (err) {
         this.#onError(err);
       }

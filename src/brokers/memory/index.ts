@@ -8,7 +8,8 @@ export type { MemoryBrokerSettings } from './options.js';
 export { parseMemoryUrl } from './options.js';
 
 /**
- * Opens the embedded broker: `memory://?maxTopicBytes=64MiB&maxAttempts=16&ackTimeout=30s`.
+ * Opens the embedded broker:
+ * `memory://?maxTopicBytes=64MiB&maxBytes=256MiB&maxAttempts=16&ackTimeout=30s&groupRetention=10m`.
  * Every call makes an independent broker, even with the same URL.
  */
 export async function openMemoryBroker(url: URL, options: BrokerOpenOptions = {}): Promise<Broker> {
@@ -16,6 +17,8 @@ export async function openMemoryBroker(url: URL, options: BrokerOpenOptions = {}
   return new MemoryBroker({
     ...options,
     maxTopicBytes: settings.maxTopicBytes,
+    maxBytes: settings.maxBytes,
+    groupRetentionMs: settings.groupRetentionMs,
     maxMessageBytes: settings.maxMessageBytes,
     maxAttempts: settings.maxAttempts,
     // The URL's ackTimeout is specific to this broker, so it wins over the generic open option.

@@ -290,10 +290,11 @@ export function requestLimits(c: {
   idLength: number;
 }): Record<string, MethodLimits> {
   const small: MethodLimits = { maxBytes: SMALL_REQUEST_BYTES, bytesSetting: 'a fixed 64 KiB' };
-  // MessageProperties is field 4 of every send request and of BatchEntry; its map is field 1.
-  const properties: CountRule[] = [
+  // MessageProperties is field 4 of every send request and of BatchEntry (5 of PublishEntry);
+  // its map is field 1.
+  const propertiesAt = (field: number): CountRule[] => [
     {
-      field: 4,
+      field,
       limit: 1,
       what: 'properties',
       setting: 'MAX_PROPERTIES',
@@ -303,6 +304,7 @@ export function requestLimits(c: {
       ],
     },
   ];
+  const properties = propertiesAt(4);
   const single: MethodLimits = {
     maxBytes: c.maxMessageSize + ENVELOPE_BYTES,
     bytesSetting: 'MAX_MESSAGE_SIZE + 64 KiB',
@@ -333,6 +335,28 @@ export function requestLimits(c: {
       maxBytes: c.maxBatchSize * (c.idLength + 3) + 1024,
       bytesSetting: 'MAX_BATCH_SIZE receipt handles',
       counts: [{ field: 2, limit: c.maxBatchSize, what: 'receipt handles', setting: 'MAX_BATCH_SIZE' }],
+    },
+    // Per frame: an open frame (small) plus at most MAX_BATCH_SIZE acks and nacks.
+    Subscribe: {
+      maxBytes: SMALL_REQUEST_BYTES + c.maxBatchSize * (c.idLength + 24),
+      bytesSetting: 'MAX_BATCH_SIZE acks and nacks',
+      counts: [
+        { field: 3, limit: c.maxBatchSize, what: 'acks', setting: 'MAX_BATCH_SIZE' },
+        { field: 4, limit: c.maxBatchSize, what: 'nacks', setting: 'MAX_BATCH_SIZE' },
+      ],
+    },
+    Publish: {
+      maxBytes: c.maxBatchBytes,
+      bytesSetting: 'MAX_BATCH_BYTES',
+      counts: [
+        {
+          field: 2,
+          limit: c.maxBatchSize,
+          what: 'messages',
+          setting: 'MAX_BATCH_SIZE',
+          inner: propertiesAt(5),
+        },
+      ],
     },
   };
 }

@@ -67,6 +67,8 @@ export interface GatewayConfig {
   headersTimeoutMs: number;
   streamBufferBytes: number;
   streamStallTimeoutMs: number;
+  publishWindow: number;
+  publishWindowBytes: number;
   maxDelayMs: number;
   maxNackDelayMs: number;
   maxTransactionImmunityMs: number;
@@ -316,6 +318,22 @@ export const SETTINGS: readonly AnySetting[] = [
     kind: 'duration',
     default: '30s',
     help: 'A stream whose client reads nothing for this long while deliveries wait is ended (RESOURCE_EXHAUSTED) and its deliveries released without counting as attempts.',
+  }),
+  defineSetting({
+    key: 'publishWindow',
+    env: 'PUBLISH_WINDOW',
+    flag: '--publish-window',
+    kind: 'int',
+    default: '1024',
+    help: 'Messages one Publish stream may have in progress (sent, or result not yet taken by the client); at the window the gateway stops reading the stream.',
+  }),
+  defineSetting({
+    key: 'publishWindowBytes',
+    env: 'PUBLISH_WINDOW_BYTES',
+    flag: '--publish-window-bytes',
+    kind: 'size',
+    default: '8MiB',
+    help: 'Bytes of message bodies one Publish stream may have in progress, as for PUBLISH_WINDOW.',
   }),
   defineSetting({
     key: 'maxDelayMs',

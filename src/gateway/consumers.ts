@@ -27,13 +27,27 @@ import type { BrokerRef } from './routing.js';
  * is ended and its deliveries released without counting as delivery attempts.
  */
 
+/** A delivery on its way to a client. */
+export interface Outgoing {
+  readonly message: Message;
+  readonly receiptHandle: string;
+}
+
 /** Where a session writes: the gRPC layer adapts its server stream to this. */
 export interface DeliverySink {
+  /** Most messages handed to one write() call. */
+  readonly maxBatch: number;
+  /** Most bytes of messages handed to one write() call (one message always may). */
+  readonly maxBatchBytes: number;
+  /** Messages the client can take now: its credit, or Infinity for a stream without credit. */
+  credit(): number;
+  /** Unacked deliveries this stream wants at most (MESSAGE_BUFFER_SIZE caps it); 0: the cap. */
+  readonly maxInFlight: number;
   /**
-   * Writes one message. `flushed` runs once the transport has taken its bytes, which needs the
-   * peer's flow-control window: a client that does not read never lets it run.
+   * Writes messages (spending credit). `flushed` runs once the transport has taken their bytes,
+   * which needs the peer's flow-control window: a client that does not read never lets it run.
    */
-  write(message: Message, receiptHandle: string, flushed: () => void): void;
+  write(batch: readonly Outgoing[], flushed: () => void): void;
   /** Ends the stream: OK when error is undefined. */
   end(error?: MqError): void;
   /**
@@ -54,6 +68,9 @@ interface InFlight {
 }
 
 const DETACHED = Symbol('detached');
+/** What a pull that has not completed yet looks like while a batch is gathered. */
+const NOT_READY = Symbol('not ready');
+const notReady = Promise.resolve(NOT_READY);
 const RECENT_ACKS = 4096;
 /**
  * Messages a stream may have in transit before the pump waits, whatever their size: grpc-js's
@@ -117,6 +134,8 @@ export interface SessionInput {
   topic: string;
   group: string;
   tagExpression: string;
+  /** Where a group seen for the first time starts. */
+  start?: 'latest' | 'earliest' | undefined;
 }
 
 /** One consumer session: its broker subscription, its unacked deliveries and its stream. */
@@ -144,6 +163,11 @@ export class Session implements Owned {
   ) {
     this.owner = caller.owner;
     this.#iterator = subscription[Symbol.asyncIterator]();
+  }
+
+  /** The stream's credit grew, or something else may have made room: the pump looks again. */
+  wake(): void {
+    this.#room.notifyAll();
   }
 
   get attached(): boolean {
@@ -284,19 +308,22 @@ export class Session implements Owned {
   }
 
   async #runPump(a: Attachment): Promise<void> {
-    const cap = this.opts.bufferSize;
     const maxBytes = this.opts.streamBufferBytes;
     const counts = this.opts.metrics.counts;
+    const sink = a.sink;
+    const cap =
+      sink.maxInFlight > 0 ? Math.min(sink.maxInFlight, this.opts.bufferSize) : this.opts.bufferSize;
     while (this.#attachment === a && !this.#closed) {
-      const full = this.inFlight.size >= cap;
+      const free = cap - this.inFlight.size;
+      const room = Math.min(free, sink.credit());
       const transit =
         a.unflushedCount >= MAX_UNFLUSHED_MESSAGES || (a.unflushedCount > 0 && a.unflushedBytes >= maxBytes);
-      if (full || transit) {
-        if (full && !this.#full) {
+      if (room <= 0 || transit) {
+        if (free <= 0 && !this.#full) {
           this.#full = true;
           counts.channelFullEvents++;
         }
-        // Woken by an ack, a nack, a release, a flush or the end of the stream.
+        // Woken by an ack, a nack, a release, a flush, more credit or the end of the stream.
         const ac = new AbortController();
         await Promise.race([this.#room.wait(ac.signal).catch(() => {}), a.detached]);
         ac.abort();
@@ -310,37 +337,70 @@ export class Session implements Owned {
       if (r === DETACHED) return;
       this.#pendingNext = undefined;
       if (r.done) {
-        if (this.#attachment === a) {
-          this.#detach(a);
-          a.sink.end(new MqError('UNAVAILABLE', 'the broker subscription ended; reconnect to resume'));
+        this.#endOfSubscription(a);
+        return;
+      }
+      // Whatever else is ready right now goes in the same write: a pull that would have to wait
+      // ends the batch, so batching never delays a message.
+      const batch: Delivery[] = [r.value];
+      let bytes = messageBytes(r.value.message);
+      let ended = false;
+      const most = Math.min(room, sink.maxBatch);
+      while (batch.length < most && bytes < sink.maxBatchBytes) {
+        const next = this.#iterator.next();
+        const more = await Promise.race([next, notReady]);
+        if (more === NOT_READY) {
+          this.#pendingNext = next;
+          break;
         }
-        return;
+        if (more.done) {
+          ended = true;
+          break;
+        }
+        batch.push(more.value);
+        bytes += messageBytes(more.value.message);
       }
-      const delivery = r.value;
       if (this.#attachment !== a || this.#closed) {
-        this.#release({ rh: '', delivery, bytes: 0, flushedAt: 0, settling: undefined }, false);
+        for (const delivery of batch)
+          this.#release({ rh: '', delivery, bytes: 0, flushedAt: 0, settling: undefined }, false);
         return;
       }
-      const e: InFlight = {
-        rh: randomUUID(),
-        delivery,
-        bytes: messageBytes(delivery.message),
-        flushedAt: 0,
-        settling: undefined,
-      };
-      this.inFlight.set(e.rh, e);
-      a.unflushedBytes += e.bytes;
-      a.unflushedCount++;
-      counts.messagesDelivered++;
-      a.sink.write(delivery.message, e.rh, () => {
+      const out: Outgoing[] = [];
+      const entries: InFlight[] = [];
+      for (const delivery of batch) {
+        const e: InFlight = {
+          rh: randomUUID(),
+          delivery,
+          bytes: messageBytes(delivery.message),
+          flushedAt: 0,
+          settling: undefined,
+        };
+        this.inFlight.set(e.rh, e);
+        entries.push(e);
+        out.push({ message: delivery.message, receiptHandle: e.rh });
+      }
+      a.unflushedBytes += bytes;
+      a.unflushedCount += batch.length;
+      counts.messagesDelivered += batch.length;
+      sink.write(out, () => {
         const now = Date.now();
-        a.unflushedBytes -= e.bytes;
-        a.unflushedCount--;
+        a.unflushedBytes -= bytes;
+        a.unflushedCount -= batch.length;
         a.progressAt = now;
-        if (this.inFlight.get(e.rh) === e) e.flushedAt = now;
+        for (const e of entries) if (this.inFlight.get(e.rh) === e) e.flushedAt = now;
         this.#room.notifyAll();
       });
+      if (ended) {
+        this.#endOfSubscription(a);
+        return;
+      }
     }
+  }
+
+  #endOfSubscription(a: Attachment): void {
+    if (this.#attachment !== a) return;
+    this.#detach(a);
+    a.sink.end(new MqError('UNAVAILABLE', 'the broker subscription ended; reconnect to resume'));
   }
 
   #detach(a: Attachment): void {
@@ -421,6 +481,7 @@ export class ConsumerRegistry {
         topic: input.topic,
         group: input.group,
         filter: input.tagExpression,
+        start: input.start,
         maxInFlight: this.#opts.bufferSize,
         // The gateway releases unacked deliveries itself at ACK_TIMEOUT (sweep); the broker's own
         // timeout is a safety net for a gateway that dies, so it must fire later or the two race
@@ -466,6 +527,15 @@ export class ConsumerRegistry {
 
   /** Called by a session when its stream ends. */
   streamEnded(_s: Session): void {
+    this.#streams.release('');
+  }
+
+  /** Counts a stream that is not a session's (a Publish stream) against MAX_STREAMS. */
+  acquireStream(label: string): void {
+    this.#streams.acquire('', label, 'end a stream first');
+  }
+
+  releaseStream(): void {
     this.#streams.release('');
   }
 

@@ -17,7 +17,7 @@ import { GatewayMetrics } from './metrics.js';
 import { ProducerRegistry } from './producers.js';
 import { brokerRedactor, type Redactor } from './redact.js';
 import { BrokerRouter } from './routing.js';
-import { createService } from './service.js';
+import { createService, type Service } from './service.js';
 import { statusMapper } from './status.js';
 import { TransactionRegistry } from './transactions.js';
 import { LIMITS } from './validate.js';
@@ -69,6 +69,7 @@ export class Gateway {
   #grpcPort = 0;
   #httpPort = 0;
   #activeUnary: () => number = () => 0;
+  #service: Service | undefined;
 
   constructor(options: GatewayOptions = {}) {
     this.config = { ...loadConfig({}), ...options.config };
@@ -176,7 +177,8 @@ export class Gateway {
         'grpc.max_connection_idle_ms': c.connectionIdleTimeoutMs,
       });
       this.#grpc = grpc;
-      grpc.addService(guardDecoders(loadServiceDefinition(), limits), service);
+      grpc.addService(guardDecoders(loadServiceDefinition(), limits), service.implementation);
+      this.#service = service;
       const creds = tls
         ? ServerCredentials.createSsl(null, [
             { cert_chain: readFileSync(c.tlsCert), private_key: readFileSync(c.tlsKey) },
@@ -252,7 +254,9 @@ export class Gateway {
 
   /** Runs the reapers once (the interval calls this; tests may too). */
   async sweep(): Promise<void> {
-    this.#listener?.sweep(Date.now());
+    const now = Date.now();
+    this.#listener?.sweep(now);
+    this.#service?.sweep(now);
     await closeAll([() => this.#producers.sweep(), () => this.#consumers.sweep()]);
   }
 
@@ -269,10 +273,11 @@ export class Gateway {
     this.#closing = true;
     const deadline = Date.now() + timeoutMs;
     if (this.#sweepTimer) clearInterval(this.#sweepTimer);
-    this.#consumers.endStreams(
-      new MqError('UNAVAILABLE', 'the gateway is shutting down; reconnect to resume'),
-    );
-    while (this.#activeUnary() > 0 && Date.now() < deadline) {
+    const shuttingDown = new MqError('UNAVAILABLE', 'the gateway is shutting down; reconnect to resume');
+    this.#consumers.endStreams(shuttingDown);
+    this.#service?.endStreams(shuttingDown);
+    // In-flight unary calls finish, and Publish streams report the sends they started.
+    while ((this.#activeUnary() > 0 || (this.#service?.publishStreams() ?? 0) > 0) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 10));
     }
     const grpc = this.#grpc;

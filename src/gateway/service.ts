@@ -1,4 +1,3 @@
-import { isUtf8 } from 'node:buffer';
 import {
   type ServerUnaryCall,
   type ServerWritableStream,
@@ -7,33 +6,26 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import type { PreparedTransaction } from '../brokers/broker.js';
-import { InvalidArgumentError } from '../core/errors.js';
-import type { Message, OutgoingMessage } from '../core/message.js';
+import { InvalidArgumentError, type MqError } from '../core/errors.js';
+import type { OutgoingMessage } from '../core/message.js';
 import { parseTagExpression } from '../core/tags.js';
 import type { Audit } from './audit.js';
 import type { Action } from './auth.js';
 import { type Caller, makeCaller } from './callers.js';
 import { type CallContext, callContext } from './calls.js';
 import type { GatewayConfig } from './config.js';
-import type { ConsumerRegistry, DeliverySink } from './consumers.js';
+import type { ConsumerRegistry, DeliverySink, Session } from './consumers.js';
 import type { Logger } from './log.js';
+import { messageOf, wireMessage } from './messages.js';
 import type { GatewayMetrics } from './metrics.js';
-import type { ProducerRegistry } from './producers.js';
+import type { ProducerHandle, ProducerRegistry } from './producers.js';
+import { PublishStreams } from './publish.js';
 import type { Redactor } from './redact.js';
 import type { BrokerRouter } from './routing.js';
 import type { StatusMapper } from './status.js';
+import { startOf, subscribeHandler } from './subscribe.js';
 import type { TransactionRegistry } from './transactions.js';
-import {
-  atMost,
-  bounded,
-  checkName,
-  checkProperties,
-  checkTag,
-  DELAY_LEVELS_MS,
-  LIMITS,
-  nonNegativeInt,
-  requireId,
-} from './validate.js';
+import { atMost, bounded, checkName, LIMITS, nonNegativeInt, requireId } from './validate.js';
 import type {
   WireAckMessagesRequest,
   WireAckRequest,
@@ -64,8 +56,6 @@ export interface ServiceDeps {
 
 type Handler<Req, Res> = (req: Req, ctx: CallContext) => Promise<Res>;
 
-const EMPTY = Buffer.alloc(0);
-
 /** How long a stream ended for not reading may take to finish before its connection is cut. */
 const ABORT_GRACE_MS = 2000;
 
@@ -75,7 +65,17 @@ const ABORT_GRACE_MS = 2000;
  * guard (calls.ts); ownership of ids is checked by the registries, which take the caller's
  * principal on every lookup.
  */
-export function createService(deps: ServiceDeps): UntypedServiceImplementation {
+export interface Service {
+  readonly implementation: UntypedServiceImplementation;
+  /** Periodic work of the stream handlers (stalled Publish streams). */
+  sweep(now: number): void;
+  /** Shutdown: Publish streams stop reading and end once their sends have reported. */
+  endStreams(error: MqError): void;
+  /** Publish streams still open. */
+  publishStreams(): number;
+}
+
+export function createService(deps: ServiceDeps): Service {
   const { config, router, producers, consumers, transactions, metrics, audit, log, toStatus } = deps;
 
   const unary = <Req, Res>(fn: Handler<Req, Res>) => {
@@ -114,55 +114,7 @@ export function createService(deps: ServiceDeps): UntypedServiceImplementation {
     }
   };
 
-  const deliverAtOf = (ms: number, field: string): number | undefined => {
-    if (ms <= 0) return undefined;
-    atMost(ms - Date.now(), config.maxDelayMs, `${field} (from now)`, 'MAX_DELAY');
-    return ms;
-  };
-
-  function outgoing(req: WireSendRequest | WireBatchEntry): OutgoingMessage {
-    const bytes =
-      req.message_body_bytes && req.message_body_bytes.length > 0 ? req.message_body_bytes : undefined;
-    const text = req.message_body ?? '';
-    const props = req.properties ?? {};
-    const businessKey = bounded(props.message_key, 'properties.message_key', LIMITS.messageKey);
-    const key = bounded(props.sharding_key, 'properties.sharding_key', LIMITS.shardingKey);
-    const tag = checkTag(req.tag);
-    // Everything the broker stores counts against MAX_MESSAGE_SIZE, not just the body.
-    const size =
-      (bytes ? bytes.length : Buffer.byteLength(text)) +
-      checkProperties(props.properties, config.maxProperties) +
-      Buffer.byteLength(businessKey) +
-      Buffer.byteLength(key) +
-      (tag?.length ?? 0);
-    if (size > config.maxMessageSize) {
-      throw new InvalidArgumentError(
-        `message is ${size} bytes (body, properties and keys); the limit is ${config.maxMessageSize} (MAX_MESSAGE_SIZE)`,
-      );
-    }
-    return {
-      body: bytes ?? text,
-      tag,
-      key: key || undefined,
-      businessKey: businessKey || undefined,
-      properties: props.properties ?? {},
-      deliverAt: deliverAtOf(
-        nonNegativeInt(props.start_deliver_time, 'properties.start_deliver_time'),
-        'properties.start_deliver_time',
-      ),
-    };
-  }
-
-  function batchEntry(entry: WireBatchEntry): OutgoingMessage {
-    const msg = outgoing(entry);
-    if (entry.sharding_key) msg.key = bounded(entry.sharding_key, 'sharding_key', LIMITS.shardingKey);
-    const at = deliverAtOf(
-      nonNegativeInt(entry.start_deliver_time, 'start_deliver_time'),
-      'start_deliver_time',
-    );
-    if (at !== undefined) msg.deliverAt = at;
-    return msg;
-  }
+  const build = (req: Parameters<typeof messageOf>[0]): OutgoingMessage => messageOf(req, config);
 
   const entryFailure = (err: unknown): WireEntryResult => ({
     success: false,
@@ -179,18 +131,16 @@ export function createService(deps: ServiceDeps): UntypedServiceImplementation {
     }
   }
 
+  const producerOf = (req: { producer_id?: string }, ctx: CallContext): ProducerHandle =>
+    producers.get(requireId(req.producer_id, 'producer_id', 'CreateProducer'), ctx.principal.name);
+
   async function send(
     req: WireSendRequest,
     ctx: CallContext,
     msg: OutgoingMessage,
   ): Promise<{ message_id: string }> {
-    const handle = producers.get(
-      requireId(req.producer_id, 'producer_id', 'CreateProducer'),
-      ctx.principal.name,
-    );
-    const res = await producers.use(handle, (p) => p.send(msg));
-    metrics.counts.messagesSent++;
-    return { message_id: res.messageId };
+    const { message_id } = await sendVia(producerOf(req, ctx), msg, undefined);
+    return { message_id };
   }
 
   const ok = <T extends object>(extra: T): T & { success: true; message: string } => ({
@@ -199,28 +149,40 @@ export function createService(deps: ServiceDeps): UntypedServiceImplementation {
     ...extra,
   });
 
-  function toWire(m: Message, receiptHandle: string): WireMessage {
-    const body = Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength);
-    let properties = m.properties as Record<string, string>;
-    if (m.businessKey !== undefined || m.key !== undefined) {
-      properties = { ...properties };
-      if (m.businessKey !== undefined) properties.KEYS = m.businessKey;
-      if (m.key !== undefined) properties.SHARDING_KEY = m.key;
+  /**
+   * Sends one message through the owner's producer: a plain send, or a half message registered
+   * as a transaction (counted against the caller's pending-transaction quota).
+   */
+  async function sendVia(
+    handle: ProducerHandle,
+    msg: OutgoingMessage,
+    tx: { immunitySeconds: number } | undefined,
+  ): Promise<{ message_id: string; transaction_id: string }> {
+    if (!tx) {
+      const res = await producers.use(handle, (p) => p.send(msg));
+      metrics.counts.messagesSent++;
+      return { message_id: res.messageId, transaction_id: '' };
     }
-    // A body is sent once: as text when it is UTF-8, else as bytes only. A lossy text copy of a
-    // binary body would cost up to 3x its size and push it past clients' 4 MiB receive limit.
-    const text = isUtf8(body);
-    return {
-      message_id: m.id,
-      receipt_handle: receiptHandle,
-      message_body: text ? body.toString('utf8') : '',
-      tag: m.tag ?? '',
-      properties,
-      born_timestamp: String(m.bornAt),
-      reconsume_times: m.reconsumeCount,
-      topic: m.topic,
-      message_body_bytes: text ? EMPTY : body,
-    };
+    if (tx.immunitySeconds < 0)
+      throw new InvalidArgumentError('trans_check_immunity_time must not be negative');
+    const immunityMs = tx.immunitySeconds > 0 ? tx.immunitySeconds * 1000 : config.transactionTimeoutMs;
+    atMost(
+      immunityMs,
+      config.maxTransactionImmunityMs,
+      'trans_check_immunity_time',
+      'MAX_TRANSACTION_IMMUNITY',
+    );
+    transactions.reserve(handle.caller);
+    let prepared: PreparedTransaction;
+    try {
+      prepared = await producers.use(handle, (p) => p.prepare(msg));
+    } catch (err) {
+      transactions.unreserve(handle.caller);
+      throw err;
+    }
+    const id = transactions.add(handle.caller, prepared, immunityMs);
+    metrics.counts.messagesSent++;
+    return { message_id: prepared.messageId, transaction_id: id };
   }
 
   function createInput(req: WireCreateRequest, ctx: CallContext) {
@@ -234,7 +196,47 @@ export function createService(deps: ServiceDeps): UntypedServiceImplementation {
     };
   }
 
-  return {
+  /** A session for a topic, group and filter, with the permission checks of CreateConsumer. */
+  async function createSession(
+    req: WireCreateRequest & { start?: 'latest' | 'earliest' | undefined },
+    ctx: CallContext,
+  ): Promise<Session> {
+    const topic = checkName(req.topic, 'topic');
+    const group = checkName(req.group_id, 'group_id');
+    allow(ctx, 'consume', topic);
+    allow(ctx, 'group', group);
+    const filter = parseTagExpression(bounded(req.tag_expression, 'tag_expression', LIMITS.tagExpression));
+    return consumers.create({
+      ...createInput(req, ctx),
+      topic,
+      group,
+      tagExpression: filter.expression,
+      start: req.start,
+    });
+  }
+
+  const publishStreams = new PublishStreams({
+    config,
+    producers,
+    consumers,
+    toStatus,
+    log,
+    cutConnection: deps.cutConnection,
+    sendVia,
+  });
+
+  const implementation: UntypedServiceImplementation = {
+    Subscribe: subscribeHandler({
+      config,
+      consumers,
+      toStatus,
+      log,
+      cutConnection: deps.cutConnection,
+      createSession: (open, ctx) => createSession({ ...open, start: startOf(open) }, ctx),
+    }),
+
+    Publish: publishStreams.handler(),
+
     CreateProducer: unary(async (req: WireCreateRequest, ctx) => {
       const topic = checkName(req.topic, 'topic');
       allow(ctx, 'publish', topic);
@@ -242,38 +244,20 @@ export function createService(deps: ServiceDeps): UntypedServiceImplementation {
       return ok({ producer_id: handle.id });
     }),
 
-    SendMessage: unary(async (req: WireSendRequest, ctx) => ok(await send(req, ctx, outgoing(req)))),
+    SendMessage: unary(async (req: WireSendRequest, ctx) => ok(await send(req, ctx, build(req)))),
 
     SendOrderedMessage: unary(async (req: WireSendRequest, ctx) => {
-      const msg = outgoing(req);
-      const key = bounded(
-        req.sharding_key || req.properties?.sharding_key,
-        'sharding_key',
-        LIMITS.shardingKey,
-      );
-      if (!key)
+      const msg = build(req);
+      if (!msg.key)
         throw new InvalidArgumentError(
           'sharding_key is required for SendOrderedMessage: it chooses the order',
         );
-      msg.key = key;
       return ok(await send(req, ctx, msg));
     }),
 
     SendDelayMessage: unary(async (req: WireSendRequest, ctx) => {
-      const msg = outgoing(req);
-      const at = deliverAtOf(
-        nonNegativeInt(req.start_deliver_time, 'start_deliver_time'),
-        'start_deliver_time',
-      );
-      const level = nonNegativeInt(req.delay_time_level, 'delay_time_level');
-      if (at !== undefined) msg.deliverAt = at;
-      else if (level > 0) {
-        const ms = DELAY_LEVELS_MS[level - 1];
-        if (ms === undefined) {
-          throw new InvalidArgumentError(`delay_time_level ${level} is out of range: use 1-18 (1s ... 2h)`);
-        }
-        msg.deliverAt = Date.now() + ms;
-      } else if (!msg.deliverAt) {
+      const msg = build(req);
+      if (msg.deliverAt === undefined) {
         throw new InvalidArgumentError(
           'SendDelayMessage needs start_deliver_time (ms since the epoch) or delay_time_level (1-18)',
         );
@@ -282,31 +266,10 @@ export function createService(deps: ServiceDeps): UntypedServiceImplementation {
     }),
 
     SendTransactionMessage: unary(async (req: WireSendRequest, ctx) => {
-      const msg = outgoing(req);
-      const handle = producers.get(
-        requireId(req.producer_id, 'producer_id', 'CreateProducer'),
-        ctx.principal.name,
-      );
-      const seconds = req.trans_check_immunity_time || req.properties?.trans_check_immunity_time || 0;
-      if (seconds < 0) throw new InvalidArgumentError('trans_check_immunity_time must not be negative');
-      const immunityMs = seconds > 0 ? seconds * 1000 : config.transactionTimeoutMs;
-      atMost(
-        immunityMs,
-        config.maxTransactionImmunityMs,
-        'trans_check_immunity_time',
-        'MAX_TRANSACTION_IMMUNITY',
-      );
-      transactions.reserve(handle.caller);
-      let prepared: PreparedTransaction;
-      try {
-        prepared = await producers.use(handle, (p) => p.prepare(msg));
-      } catch (err) {
-        transactions.unreserve(handle.caller);
-        throw err;
-      }
-      const id = transactions.add(handle.caller, prepared, immunityMs);
-      metrics.counts.messagesSent++;
-      return ok({ message_id: prepared.messageId, transaction_id: id });
+      const msg = build(req);
+      const handle = producerOf(req, ctx);
+      const immunitySeconds = req.trans_check_immunity_time || req.properties?.trans_check_immunity_time || 0;
+      return ok(await sendVia(handle, msg, { immunitySeconds }));
     }),
 
     EndTransaction: unary(async (req: WireEndTransactionRequest, ctx) => {
@@ -316,17 +279,7 @@ export function createService(deps: ServiceDeps): UntypedServiceImplementation {
     }),
 
     CreateConsumer: unary(async (req: WireCreateRequest, ctx) => {
-      const topic = checkName(req.topic, 'topic');
-      const group = checkName(req.group_id, 'group_id');
-      allow(ctx, 'consume', topic);
-      allow(ctx, 'group', group);
-      const filter = parseTagExpression(bounded(req.tag_expression, 'tag_expression', LIMITS.tagExpression));
-      const session = await consumers.create({
-        ...createInput(req, ctx),
-        topic,
-        group,
-        tagExpression: filter.expression,
-      });
+      const session = await createSession(req, ctx);
       return ok({ consumer_id: session.id });
     }),
 
@@ -370,7 +323,7 @@ export function createService(deps: ServiceDeps): UntypedServiceImplementation {
           entries.map((entry): Promise<WireEntryResult> => {
             let msg: OutgoingMessage;
             try {
-              msg = batchEntry(entry);
+              msg = build(entry);
             } catch (err) {
               return Promise.resolve(entryFailure(err));
             }
@@ -476,8 +429,19 @@ export function createService(deps: ServiceDeps): UntypedServiceImplementation {
         const ctx = callContext(call);
         const id = requireId(call.request.consumer_id, 'consumer_id', 'CreateConsumer');
         const sink: DeliverySink = {
-          write: (m, rh, flushed) => {
-            call.write(toWire(m, rh), flushed);
+          // One stream message per delivery (the wire contract); a batch is several writes.
+          maxBatch: 16,
+          maxBatchBytes: config.streamBufferBytes,
+          credit: () => Number.POSITIVE_INFINITY,
+          maxInFlight: 0,
+          write: (batch, flushed) => {
+            const last = batch.length - 1;
+            for (let i = 0; i < last; i++) {
+              const o = batch[i] as (typeof batch)[number];
+              call.write(wireMessage(o.message, o.receiptHandle));
+            }
+            const o = batch[last] as (typeof batch)[number];
+            call.write(wireMessage(o.message, o.receiptHandle), flushed);
           },
           end: (error) => {
             if (error) fail(error);
@@ -507,5 +471,12 @@ export function createService(deps: ServiceDeps): UntypedServiceImplementation {
         fail(err);
       }
     },
+  };
+
+  return {
+    implementation,
+    sweep: (now) => publishStreams.sweep(now),
+    endStreams: (error) => publishStreams.endAll(error),
+    publishStreams: () => publishStreams.size,
   };
 }

@@ -88,3 +88,68 @@ export interface WireEntryResult {
   message: string;
   message_id: string;
 }
+
+export interface WireSubscribeOpen {
+  consumer_id?: string;
+  endpoint?: string;
+  access_key_id?: string;
+  access_key_secret?: string;
+  instance_id?: string;
+  topic?: string;
+  group_id?: string;
+  tag_expression?: string;
+  start?: string;
+  max_in_flight?: number;
+  max_batch_messages?: number;
+  max_batch_bytes?: number;
+}
+
+export interface WireSubscribeRequest {
+  open?: WireSubscribeOpen | null;
+  credit?: number;
+  acks?: string[];
+  nacks?: Array<{ receipt_handle?: string; delay_ms?: string }>;
+}
+
+export interface WireHandleFailure {
+  receipt_handle: string;
+  code: string;
+  message: string;
+}
+
+export interface WireSubscribeResponse {
+  consumer_id?: string;
+  messages?: WireMessage[];
+  failures?: WireHandleFailure[];
+}
+
+export interface WirePublishEntry {
+  sequence?: string;
+  message_body?: string;
+  message_body_bytes?: Buffer;
+  tag?: string;
+  properties?: WireProperties | null;
+  sharding_key?: string;
+  start_deliver_time?: string;
+  delay_time_level?: string;
+  transactional?: boolean;
+  trans_check_immunity_time?: number;
+}
+
+export interface WirePublishRequest {
+  producer_id?: string;
+  messages?: WirePublishEntry[];
+}
+
+export interface WirePublishResult {
+  sequence: string;
+  success: boolean;
+  code: string;
+  message: string;
+  message_id: string;
+  transaction_id: string;
+}
+
+export interface WirePublishResponse {
+  results: WirePublishResult[];
+}

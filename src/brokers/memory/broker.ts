@@ -862,6 +862,8 @@ class MemorySubscription implements Subscription {
       this.groupState.finish(d.entry);
     } else {
       d.state = NACKED;
+      // The consumer never received it: this hand-out was not a delivery attempt.
+      if (options?.uncounted === true && d.entry.attempts > 0) d.entry.attempts--;
       // Bounded: a reason is often an error's stack, and it is kept with the dead letter.
       const reason = options?.reason
         ? `nacked: ${String(options.reason).slice(0, MAX_REASON_LENGTH)}`

@@ -385,6 +385,23 @@ describe('memory broker: failures and redelivery', () => {
     });
   });
 
+  test('a release marked uncounted (the consumer never received it) is not a delivery attempt', async () => {
+    await withBroker({ maxAttempts: 2 }, async (broker) => {
+      const topic = uid('t');
+      const group = uid('g');
+      const reader = new Reader(await broker.subscribe({ topic, group }));
+      await (await broker.producer(topic)).send({ body: 'never read' });
+      for (let i = 0; i < 5; i++) {
+        const d = await reader.next(ARRIVE, `hand-out ${i + 1}`);
+        assert.equal(d.message.reconsumeCount, 0, 'no hand-out was counted');
+        await d.nack({ uncounted: true });
+      }
+      const d = await reader.next(ARRIVE, 'still with its group, not dead-lettered');
+      await d.nack();
+      assert.equal((await reader.next(ARRIVE)).message.reconsumeCount, 1, 'a real nack counts');
+    });
+  });
+
   test('ack timeouts count as attempts and end in the dead-letter topic', async () => {
     await withBroker({ maxAttempts: 2 }, async (broker) => {
       const topic = uid('t');

@@ -40,6 +40,8 @@ test('every configuration key has a setting with a default, so none is ever unde
     'headersTimeoutMs',
     'streamBufferBytes',
     'streamStallTimeoutMs',
+    'publishWindow',
+    'publishWindowBytes',
     'maxDelayMs',
     'maxNackDelayMs',
     'maxTransactionImmunityMs',

@@ -2,6 +2,7 @@ import { setMaxListeners } from 'node:events';
 import { ClosedError, InvalidArgumentError, MqError, toMqError } from '../core/errors.js';
 import { delay } from '../core/lifecycle.js';
 import { type MessageBody, type PropertiesInput, wireBody, wireProperties } from './message.js';
+import { PublishChannel, type PublishEntryInput, PublishUnsupportedError } from './publish-stream.js';
 import { abortable, backoffDelay, type ResolvedBackoff, retrying } from './retry.js';
 import type { CallControl, Rpc, UnaryMethod } from './rpc.js';
 import type { WireCreateProducerResponse, WireSendResponse } from './wire.js';
@@ -51,8 +52,20 @@ interface CreateInput {
   topic: string;
 }
 
+/** Sends that travel on the Publish stream when the gateway has it. */
+const STREAMED: ReadonlySet<UnaryMethod> = new Set([
+  'SendMessage',
+  'SendOrderedMessage',
+  'SendDelayMessage',
+  'SendTransactionMessage',
+]);
+
 /**
  * Publishes to one topic through the gateway.
+ *
+ * Sends travel on one Publish stream per producer: those made in the same turn of the event loop
+ * share a frame, and each resolves with its own result. A gateway without the Publish stream
+ * (UNIMPLEMENTED) gets the unary calls (SendMessage and friends) instead, from then on.
  *
  * Retries: a send that fails with UNAVAILABLE (gateway restarting, connection dropped) or with the
  * gateway's MAX_CONCURRENT refusal is retried with exponential backoff and full jitter, up to the
@@ -74,6 +87,7 @@ export class Producer {
   #recreating: Promise<string> | undefined;
   readonly #closing = new AbortController();
   readonly #inFlight = new Set<Promise<unknown>>();
+  readonly #channel: PublishChannel;
   #closePromise: Promise<void> | undefined;
 
   private constructor(ctx: ProducerContext, input: CreateInput, producerId: string) {
@@ -83,6 +97,12 @@ export class Producer {
     this.instanceId = input.instanceId;
     this.topic = input.topic;
     this.#producerId = producerId;
+    this.#channel = new PublishChannel(ctx.rpc, ctx.rpc.callTimeoutMs);
+  }
+
+  /** Whether sends use the Publish stream (false after the gateway answered UNIMPLEMENTED). */
+  get streaming(): boolean {
+    return this.#channel.supported;
   }
 
   /** @internal Use MQClient.getProducer. */
@@ -212,6 +232,7 @@ export class Producer {
 
   async #close(): Promise<void> {
     this.#closing.abort(new ClosedError(`producer for topic "${this.topic}" is closed`));
+    this.#channel.close();
     try {
       await Promise.allSettled([...this.#inFlight, this.#recreating]);
       if (!this.#ctx.rpc.closed) {
@@ -246,12 +267,21 @@ export class Producer {
     for (let attempt = 0; ; attempt++) {
       const id = this.#producerId;
       try {
+        if (STREAMED.has(method) && this.#channel.supported) {
+          const entry: PublishEntryInput = { ...req, transactional: method === 'SendTransactionMessage' };
+          return await this.#channel.send(id, entry, signal);
+        }
         return await this.#ctx.rpc.unary<WireSendResponse>(
           method,
           { ...req, producer_id: id },
           { signal, timeoutMs: options.timeoutMs },
         );
       } catch (err) {
+        // The gateway has no Publish stream: the same send goes as a unary call, not counted.
+        if (err instanceof PublishUnsupportedError) {
+          attempt--;
+          continue;
+        }
         const e = this.#closedOr(err, signal, method);
         if (e.code === 'NOT_FOUND' && method !== 'EndTransaction' && !recreated) {
           recreated = true;

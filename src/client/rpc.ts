@@ -4,6 +4,7 @@ import {
   type ChannelCredentials,
   type ChannelOptions,
   type Client,
+  type ClientDuplexStream,
   type ClientReadableStream,
   type ClientUnaryCall,
   credentials,
@@ -63,6 +64,8 @@ type UnaryFn = (
 ) => ClientUnaryCall;
 
 type StreamFn = (request: object, metadata: Metadata, options?: CallOptions) => ClientReadableStream<unknown>;
+
+type DuplexFn = (metadata: Metadata, options?: CallOptions) => ClientDuplexStream<unknown, unknown>;
 
 export interface TlsOptions {
   /** PEM root certificates; the system roots when omitted. */
@@ -176,7 +179,8 @@ export class Rpc {
       // A private subchannel pool: close() then really closes the socket instead of leaving it in
       // grpc-js's process-wide pool.
       'grpc.use_local_subchannel_pool': 1,
-      // A delivery carries the body twice (text and bytes), so allow twice the gateway's size cap.
+      // What the gateway sends is bounded by the gateway (a Subscribe frame is at most about 1 MiB
+      // or one message); a limit here would only turn a large message into a failed stream.
       'grpc.max_receive_message_length': -1,
       // grpc-js backs off up to 2 minutes between reconnects by default; a restarted gateway should
       // be found within seconds.
@@ -188,6 +192,11 @@ export class Rpc {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** The deadline of each unary call. */
+  get callTimeoutMs(): number {
+    return this.#timeoutMs;
   }
 
   metadata(): Metadata {
@@ -235,6 +244,13 @@ export class Rpc {
       { consumer_id: consumerId },
       this.metadata(),
     ) as ClientReadableStream<WireMessage>;
+  }
+
+  /** Opens a bidirectional stream (Subscribe or Publish). */
+  duplex<Req, Res>(method: 'Subscribe' | 'Publish'): ClientDuplexStream<Req, Res> {
+    if (this.#closed) throw new ClosedError(`${method}: the MQClient is closed`);
+    const fn = (this.#client as unknown as Record<string, DuplexFn>)[method] as DuplexFn;
+    return fn.call(this.#client, this.metadata()) as ClientDuplexStream<Req, Res>;
   }
 
   close(): void {

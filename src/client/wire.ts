@@ -1,7 +1,17 @@
 /** Wire shapes as @grpc/proto-loader produces and accepts them (keepCase, int64 as strings). */
 
-// A delivery is the same shape on both sides; the import is type-only, so no gateway code loads.
-export type { WireMessage } from '../gateway/wire.js';
+// Deliveries and stream frames are the same shape on both sides; the import is type-only, so no
+// gateway code loads.
+export type {
+  WireHandleFailure,
+  WireMessage,
+  WirePublishEntry,
+  WirePublishRequest,
+  WirePublishResponse,
+  WirePublishResult,
+  WireSubscribeRequest,
+  WireSubscribeResponse,
+} from '../gateway/wire.js';
 
 export interface WireProperties {
   properties?: Record<string, string>;

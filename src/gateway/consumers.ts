@@ -437,6 +437,8 @@ export class ConsumerRegistry {
   readonly #quota: Quota;
   readonly #streams: Quota;
   readonly #opts: ConsumerRegistryOptions;
+  /** Sessions with a stream attached (the quota counts Publish streams too). */
+  #attached = 0;
   #closed = false;
 
   constructor(options: ConsumerRegistryOptions) {
@@ -460,8 +462,9 @@ export class ConsumerRegistry {
     return this.#sessions.size;
   }
 
+  /** Consumer streams attached to sessions (ReceiveMessages and Subscribe). */
   get streamCount(): number {
-    return this.#streams.total;
+    return this.#attached;
   }
 
   get inFlightCount(): number {
@@ -518,7 +521,9 @@ export class ConsumerRegistry {
     if (s.attached) return s.attach(sink); // refuses with FAILED_PRECONDITION
     this.#streams.acquire('', s.caller.label, 'end a stream first');
     try {
-      return s.attach(sink);
+      const attached = s.attach(sink);
+      this.#attached++;
+      return attached;
     } catch (err) {
       this.#streams.release('');
       throw err;
@@ -527,6 +532,7 @@ export class ConsumerRegistry {
 
   /** Called by a session when its stream ends. */
   streamEnded(_s: Session): void {
+    this.#attached--;
     this.#streams.release('');
   }
 

@@ -17,6 +17,7 @@ export interface LiveCounts {
   inFlight: number;
   pendingTransactions: number;
   connections: number;
+  publishStreams: number;
 }
 
 /** What the metrics read from outside the counters, at scrape time. */
@@ -176,7 +177,12 @@ export class GatewayMetrics {
     gauge('mqgate_broker_producers', 'Open broker producers.', () => this.#live().brokerProducers);
     gauge('mqgate_producer_handles', 'Live producer handles.', () => this.#live().producerHandles);
     gauge('mqgate_consumer_sessions', 'Live consumer sessions.', () => this.#live().sessions);
-    gauge('mqgate_streams', 'Attached ReceiveMessages streams.', () => this.#live().streams);
+    gauge(
+      'mqgate_streams',
+      'Consumer streams (ReceiveMessages and Subscribe) attached to sessions.',
+      () => this.#live().streams,
+    );
+    gauge('mqgate_publish_streams', 'Open Publish streams.', () => this.#live().publishStreams);
     gauge(
       'mqgate_inflight_deliveries',
       'Deliveries written to streams and not yet acked.',
@@ -269,6 +275,7 @@ export class GatewayMetrics {
       producer_handles: live.producerHandles,
       active_consumers: live.sessions,
       active_streams: live.streams,
+      publish_streams: live.publishStreams,
       inflight_deliveries: live.inFlight,
       pending_transactions: live.pendingTransactions,
       messages_sent: c.messagesSent,

@@ -86,6 +86,7 @@ export class Gateway {
         inFlight: this.#consumers.inFlightCount,
         pendingTransactions: this.#transactions.size,
         connections: this.#listener?.count ?? 0,
+        publishStreams: this.#service?.publishStreams() ?? 0,
       }),
       refusals: () => this.audit.counts,
       brokers: () =>

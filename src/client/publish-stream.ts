@@ -1,0 +1,260 @@
+import { type ClientDuplexStream, status as Status } from '@grpc/grpc-js';
+import { ClosedError, type ErrorCode, MqError } from '../core/errors.js';
+import { fromStatus, GatewayError, type Rpc } from './rpc.js';
+import type { WireProperties } from './wire.js';
+
+/** One message as a Publish frame carries it (the client's side of PublishEntry). */
+export interface PublishEntryInput {
+  message_body?: string;
+  message_body_bytes?: Buffer;
+  tag?: string;
+  properties?: WireProperties;
+  sharding_key?: string;
+  start_deliver_time?: string;
+  delay_time_level?: string;
+  transactional?: boolean;
+  trans_check_immunity_time?: number;
+}
+
+interface WireResult {
+  sequence: string;
+  success: boolean;
+  code: string;
+  message: string;
+  message_id: string;
+  transaction_id: string;
+}
+
+export interface PublishOutcome {
+  message_id: string;
+  transaction_id: string;
+}
+
+interface Pending {
+  readonly resolve: (r: PublishOutcome) => void;
+  readonly reject: (e: MqError) => void;
+  readonly at: number;
+}
+
+/** The gateway has no Publish RPC (an older mqgate, or another RocketMQProxy server). */
+export class PublishUnsupportedError extends MqError {
+  constructor() {
+    super('UNSUPPORTED', 'the gateway has no Publish stream', { retryable: false });
+    this.name = 'PublishUnsupportedError';
+  }
+}
+
+/** Entries per frame, and bytes per frame: well under the gateway's MAX_BATCH_SIZE / MAX_BATCH_BYTES defaults. */
+const FRAME_ENTRIES = 512;
+const FRAME_BYTES = 4 * 1024 * 1024;
+
+/** Gateway error codes as the gRPC statuses a unary call would have carried them. */
+const STATUS_OF: Partial<Record<string, number>> = {
+  INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
+  NOT_FOUND: Status.NOT_FOUND,
+  TOPIC_NOT_FOUND: Status.NOT_FOUND,
+  UNSUPPORTED: Status.UNIMPLEMENTED,
+  RESOURCE_EXHAUSTED: Status.RESOURCE_EXHAUSTED,
+  UNAVAILABLE: Status.UNAVAILABLE,
+  CLOSED: Status.UNAVAILABLE,
+  PERMISSION_DENIED: Status.PERMISSION_DENIED,
+  FAILED_PRECONDITION: Status.FAILED_PRECONDITION,
+};
+
+/**
+ * A producer's Publish stream: publishes made in one turn of the event loop go out in one frame,
+ * each resolves with its own result. The stream opens on the first send and again after it ends;
+ * when it fails, every send still waiting fails with the stream's status, so the producer's retry
+ * rules apply to it as to a unary send.
+ */
+export class PublishChannel {
+  readonly #rpc: Rpc;
+  readonly #timeoutMs: number;
+  #call: ClientDuplexStream<object, { results: WireResult[] }> | undefined;
+  #producerId = '';
+  #seq = 0;
+  #pending = new Map<string, Pending>();
+  #queue: Array<{ entry: object; bytes: number }> = [];
+  #flushScheduled = false;
+  #writable = true;
+  #watchdog: NodeJS.Timeout | undefined;
+  #unsupported = false;
+  #closed = false;
+  /** The next frame is the stream's first: it names the producer. */
+  #first = true;
+
+  constructor(rpc: Rpc, timeoutMs: number) {
+    this.#rpc = rpc;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  /** False once the gateway answered UNIMPLEMENTED: the producer uses unary calls from then on. */
+  get supported(): boolean {
+    return !this.#unsupported;
+  }
+
+  send(producerId: string, input: PublishEntryInput, signal?: AbortSignal): Promise<PublishOutcome> {
+    if (this.#closed) return Promise.reject(new ClosedError('the producer is closed'));
+    if (this.#unsupported) return Promise.reject(new PublishUnsupportedError());
+    if (this.#call && producerId !== this.#producerId) {
+      // The handle was re-created: what is queued still goes out on the old stream, then it ends.
+      this.#flush();
+      this.#call.end();
+      this.#call = undefined;
+    }
+    if (!this.#call) this.#open(producerId);
+    const sequence = String(++this.#seq);
+    const entry = { ...input, sequence };
+    const bytes = (input.message_body_bytes?.length ?? 0) + (input.message_body?.length ?? 0);
+    return new Promise<PublishOutcome>((resolve, reject) => {
+      const onAbort = (): void => {
+        if (this.#pending.delete(sequence)) reject(new MqError('ABORTED', 'publish was aborted', { cause: signal?.reason }));
+      };
+      if (signal) {
+        if (signal.aborted) {
+          onAbort();
+          return;
+        }
+        signal.addEventListener('abort', onAbort, { once: true });
+      }
+      const done = (): void => signal?.removeEventListener('abort', onAbort);
+      this.#pending.set(sequence, {
+        resolve: (r) => {
+          done();
+          resolve(r);
+        },
+        reject: (e) => {
+          done();
+          reject(e);
+        },
+        at: Date.now(),
+      });
+      this.#queue.push({ entry, bytes });
+      this.#schedule();
+    });
+  }
+
+  /** Sends not yet written fail with CLOSED; written ones still get their results, then the stream ends. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const queued = this.#queue;
+    this.#queue = [];
+    for (const q of queued) {
+      const p = this.#pending.get((q.entry as { sequence: string }).sequence);
+      if (!p) continue;
+      this.#pending.delete((q.entry as { sequence: string }).sequence);
+      p.reject(new ClosedError('the producer was closed before this message was sent'));
+    }
+    this.#call?.end();
+    this.#call = undefined;
+    if (this.#pending.size === 0) this.#stopWatchdog();
+  }
+
+  #open(producerId: string): void {
+    this.#producerId = producerId;
+    const call = this.#rpc.duplex<object, { results: WireResult[] }>('Publish');
+    this.#call = call;
+    this.#writable = true;
+    this.#first = true;
+    call.on('data', (frame: { results?: WireResult[] }) => {
+      for (const r of frame.results ?? []) this.#settle(r);
+    });
+    call.on('drain', () => {
+      this.#writable = true;
+      this.#schedule();
+    });
+    call.on('error', () => {});
+    call.once('status', (st: { code: number; details: string }) => {
+      if (this.#call === call) {
+        this.#call = undefined;
+        this.#stopWatchdog();
+      }
+      if (st.code === Status.OK) {
+        this.#failAll(new MqError('UNAVAILABLE', 'the Publish stream ended before these sends had results', { retryable: true }));
+        return;
+      }
+      if (st.code === Status.UNIMPLEMENTED) {
+        this.#unsupported = true;
+        this.#failAll(new PublishUnsupportedError());
+        return;
+      }
+      this.#failAll(fromStatus('Publish', st.code, st.details, this.#rpc.address));
+    });
+  }
+
+  #schedule(): void {
+    if (this.#flushScheduled || !this.#writable) return;
+    this.#flushScheduled = true;
+    // Everything published in this turn of the event loop goes in one frame; no timer.
+    setImmediate(() => this.#flush());
+  }
+
+  #flush(): void {
+    this.#flushScheduled = false;
+    const call = this.#call;
+    if (!call) return;
+    while (this.#queue.length > 0 && this.#writable) {
+      let n = 0;
+      let bytes = 0;
+      while (n < this.#queue.length && n < FRAME_ENTRIES) {
+        const b = (this.#queue[n] as { bytes: number }).bytes;
+        if (n > 0 && bytes + b > FRAME_BYTES) break;
+        bytes += b;
+        n++;
+      }
+      const messages = this.#queue.splice(0, n).map((q) => q.entry);
+      const frame = this.#first ? { producer_id: this.#producerId, messages } : { messages };
+      this.#first = false;
+      this.#writable = call.write(frame);
+    }
+    this.#startWatchdog();
+  }
+
+  #settle(r: WireResult): void {
+    const p = this.#pending.get(r.sequence);
+    if (!p) return;
+    this.#pending.delete(r.sequence);
+    if (r.success) {
+      p.resolve({ message_id: r.message_id, transaction_id: r.transaction_id });
+      return;
+    }
+    const code = (r.code || 'INTERNAL') as ErrorCode;
+    const status = STATUS_OF[code] ?? Status.UNKNOWN;
+    p.reject(new GatewayError(code, `Publish failed: ${r.message.replace(/^[A-Z_]+: /, '')}`, status, code === 'UNAVAILABLE'));
+    if (this.#pending.size === 0) this.#stopWatchdog();
+  }
+
+  #failAll(err: MqError): void {
+    this.#queue = [];
+    const all = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const p of all) p.reject(err);
+    this.#stopWatchdog();
+  }
+
+  /** A send waiting longer than the call timeout cancels the stream (a gateway that hangs). */
+  #startWatchdog(): void {
+    if (this.#watchdog || this.#pending.size === 0) return;
+    const every = Math.max(100, Math.min(1000, this.#timeoutMs / 4));
+    this.#watchdog = setInterval(() => {
+      const oldest = this.#pending.values().next().value;
+      if (!oldest) {
+        this.#stopWatchdog();
+        return;
+      }
+      if (Date.now() - oldest.at > this.#timeoutMs) {
+        const call = this.#call;
+        this.#call = undefined;
+        this.#failAll(new MqError('TIMEOUT', `Publish: no result within ${this.#timeoutMs} ms`));
+        call?.cancel();
+      }
+    }, every);
+    this.#watchdog.unref();
+  }
+
+  #stopWatchdog(): void {
+    if (this.#watchdog) clearInterval(this.#watchdog);
+    this.#watchdog = undefined;
+  }
+}

@@ -319,7 +319,10 @@ export class RawH2 {
 export interface StallReport {
   /** Largest event-loop delay seen by monitorEventLoopDelay, ms. */
   loopMaxMs: number;
-  /** Slowest HealthCheck round trip of the ping loop, ms. */
+  /**
+   * Longest wait for a HealthCheck answer, ms: from the previous answer (a ping is sent every
+   * 5 ms) to the next, so a stall between two pings counts as well as a slow round trip.
+   */
   pingMaxMs: number;
   pings: number;
 }
@@ -336,12 +339,16 @@ export function stallMeter(port: number): { stop(): Promise<StallReport> } {
   let pingMaxMs = 0;
   let pings = 0;
   const loop = (async () => {
+    // The first answer includes connecting: it is not counted.
+    await call(client, 'HealthCheck', {});
+    let last = performance.now();
     while (!stopped) {
-      const t0 = performance.now();
-      await call(client, 'HealthCheck', {});
-      pingMaxMs = Math.max(pingMaxMs, performance.now() - t0);
-      pings++;
       await sleep(5);
+      await call(client, 'HealthCheck', {});
+      const now = performance.now();
+      pingMaxMs = Math.max(pingMaxMs, now - last);
+      last = now;
+      pings++;
     }
   })();
   return {
@@ -393,21 +400,26 @@ export function lengthField(field: number, value: Buffer): Buffer {
 }
 
 /**
- * `count` map entries of MessageProperties.properties (field 1), each a two-letter key and an
- * empty value: 8 bytes an entry.
+ * `count` map entries of MessageProperties.properties (field 1), each with a distinct key of
+ * `keyLength` letters (while 26^keyLength lasts) and a value of `valueLength` bytes:
+ * 6 + keyLength + valueLength bytes an entry.
  */
-export function propertyEntries(count: number): Buffer {
-  const buf = Buffer.allocUnsafe(count * 8);
+export function propertyEntries(count: number, valueLength = 0, keyLength = 2): Buffer {
+  const size = 6 + keyLength + valueLength;
+  const buf = Buffer.alloc(count * size, 0x76);
   for (let i = 0; i < count; i++) {
-    const o = i * 8;
-    buf[o] = 0x0a; // field 1, length-delimited: one map entry of 6 bytes
-    buf[o + 1] = 6;
-    buf[o + 2] = 0x0a; // its key: 2 bytes
-    buf[o + 3] = 2;
-    buf[o + 4] = 0x41 + (i % 26);
-    buf[o + 5] = 0x61 + (Math.floor(i / 26) % 26);
-    buf[o + 6] = 0x12; // its value: empty
-    buf[o + 7] = 0;
+    const o = i * size;
+    buf[o] = 0x0a; // field 1, length-delimited: one map entry
+    buf[o + 1] = size - 2;
+    buf[o + 2] = 0x0a; // its key
+    buf[o + 3] = keyLength;
+    let n = i;
+    for (let k = 0; k < keyLength; k++) {
+      buf[o + 4 + k] = 0x41 + (n % 26);
+      n = Math.floor(n / 26);
+    }
+    buf[o + 4 + keyLength] = 0x12; // its value
+    buf[o + 5 + keyLength] = valueLength;
   }
   return buf;
 }

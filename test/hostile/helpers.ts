@@ -307,6 +307,53 @@ export class RawH2 {
     return req;
   }
 
+  /**
+   * Opens a server-streaming call that reads slowly but steadily: after each chunk it pauses for
+   * `pauseMs`, so the HTTP/2 window reopens a little at a time.
+   */
+  slowReading(
+    method: string,
+    frame: Buffer,
+    headers: Record<string, string>,
+    pauseMs: number,
+  ): { readonly bytes: number; readonly messages: number; readonly status: number | undefined } {
+    const req = this.#request(method, headers);
+    let bytes = 0;
+    let messages = 0;
+    let code: number | undefined;
+    const onHeaders = (h: Record<string, unknown>): void => {
+      if (h['grpc-status'] !== undefined) code ??= Number(h['grpc-status']);
+    };
+    req.on('response', onHeaders);
+    req.on('trailers', onHeaders);
+    req.on('error', () => {});
+    let buffered = Buffer.alloc(0);
+    req.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+      buffered = Buffer.concat([buffered, chunk]);
+      while (buffered.length >= 5) {
+        const length = buffered.readUInt32BE(1);
+        if (buffered.length < 5 + length) break;
+        buffered = buffered.subarray(5 + length);
+        messages++;
+      }
+      req.pause();
+      setTimeout(() => req.resume(), pauseMs).unref();
+    });
+    req.end(frame);
+    return {
+      get bytes() {
+        return bytes;
+      },
+      get messages() {
+        return messages;
+      },
+      get status() {
+        return code;
+      },
+    };
+  }
+
   close(): void {
     this.session.destroy();
   }

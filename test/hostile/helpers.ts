@@ -5,15 +5,18 @@
  * memory probe and hand-built protobuf encodings.
  */
 import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { type ClientHttp2Session, type ClientHttp2Stream, connect, constants } from 'node:http2';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import { type Metadata, type ServiceError, status } from '@grpc/grpc-js';
 import { encodeRequest } from '../../bench/lib/h2grpc.js';
 import type { GatewayConfig } from '../../src/gateway/config.js';
+import { freePort } from '../support/child-gateway.js';
 import {
   call,
   metadata,
@@ -357,6 +360,95 @@ export class RawH2 {
   close(): void {
     this.session.destroy();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------------
+
+const CLI = fileURLToPath(new URL('../../src/cli.ts', import.meta.url));
+
+/** `mqgate serve` as its own process, with everything it writes kept verbatim. */
+export interface ServeProcess {
+  readonly child: ChildProcess;
+  readonly grpcPort: number;
+  readonly metricsPort: number;
+  readonly stdout: () => string;
+  readonly stderr: () => string;
+  /** Exit code (or signal name) once it exited. */
+  readonly exited: Promise<number | string>;
+  /** True when /health answered; false when the process exited first. */
+  readonly started: boolean;
+  stop(): Promise<number | string>;
+}
+
+/**
+ * Starts `mqgate serve` with `env` and waits until /health answers or the process exits (a
+ * start-up failure is a result here, not an error: its output is what some tests examine).
+ */
+export async function spawnServe(env: Record<string, string>, timeoutMs = 30_000): Promise<ServeProcess> {
+  const grpcPort = await freePort();
+  const metricsPort = await freePort();
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve'], {
+    env: {
+      ...process.env,
+      LOG_LEVEL: 'info',
+      ...env,
+      GRPC_PORT: String(grpcPort),
+      METRICS_PORT: String(metricsPort),
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+  });
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    err += d;
+  });
+  // 'close' waits for both pipes to be drained: nothing written is missed.
+  const exited = new Promise<number | string>((resolve) =>
+    child.once('close', (code, signal) => resolve(code ?? signal ?? 'unknown')),
+  );
+  let gone = false;
+  void exited.then(() => {
+    gone = true;
+  });
+  const deadline = Date.now() + timeoutMs;
+  let started = false;
+  while (!gone) {
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`mqgate serve did not start within ${timeoutMs} ms; stderr:\n${err}\nstdout:\n${out}`);
+    }
+    started = await fetch(`http://127.0.0.1:${metricsPort}/health`, {
+      headers: { connection: 'close' },
+    }).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (started) break;
+    await sleep(100);
+  }
+  return {
+    child,
+    grpcPort,
+    metricsPort,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    started,
+    async stop() {
+      if (!gone) {
+        child.kill('SIGTERM');
+        const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+        await exited;
+        clearTimeout(t);
+      }
+      return exited;
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ async function rpc(port: number, method: string, request: object, token?: string
 }
 
 /** The network-visible outputs of a running gateway (start it with AUTH_TOKENS=OUTPUT_TOKEN). */
-export async function networkOutputs(p: ServeProcess): Promise<Record<string, string>> {
+export async function networkOutputs(p: ServeProcess, topic = 'secrets-t'): Promise<Record<string, string>> {
   const keys = { endpoint: 'e', access_key_id: 'AK', access_key_secret: 'client-secret', instance_id: 'i' };
   return {
     ready: await http(p.metricsPort, '/ready'),
@@ -49,11 +49,11 @@ export async function networkOutputs(p: ServeProcess): Promise<Record<string, st
     healthCheckToken: await rpc(p.grpcPort, 'HealthCheck', {}, OUTPUT_TOKEN),
     healthCheckNoToken: await rpc(p.grpcPort, 'HealthCheck', {}),
     healthCheckWrongToken: await rpc(p.grpcPort, 'HealthCheck', {}, 'wrong-token-0123456789abcdef'),
-    createProducer: await rpc(p.grpcPort, 'CreateProducer', { ...keys, topic: 'secrets-t' }, OUTPUT_TOKEN),
+    createProducer: await rpc(p.grpcPort, 'CreateProducer', { ...keys, topic }, OUTPUT_TOKEN),
     createConsumer: await rpc(
       p.grpcPort,
       'CreateConsumer',
-      { ...keys, topic: 'secrets-t', group_id: 'secrets-g' },
+      { ...keys, topic, group_id: 'secrets-g' },
       OUTPUT_TOKEN,
     ),
     sendUnknown: await rpc(
@@ -62,7 +62,7 @@ export async function networkOutputs(p: ServeProcess): Promise<Record<string, st
       { producer_id: 'nope', message_body: 'x' },
       OUTPUT_TOKEN,
     ),
-    noToken: await rpc(p.grpcPort, 'CreateProducer', { ...keys, topic: 'secrets-t' }),
+    noToken: await rpc(p.grpcPort, 'CreateProducer', { ...keys, topic }),
   };
 }
 

@@ -15,6 +15,7 @@ import {
   BOB,
   grpcError,
   KEYS,
+  type Refusals,
   type ServeProcess,
   spawnServe,
   tempDir,

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { call, metadata, type RawClient, rawClient } from '../support/gateway.js';
-import { eventually } from '../support/leaks.js';
+import { assertResourcesSettle, countResources, eventually, type ResourceCounts } from '../support/leaks.js';
 import {
   ALICE,
   assertHealthy,
@@ -37,6 +37,7 @@ describe('refusals are counted by reason and logged once per (reason, who) per i
   let c: RawClient;
   let aliceProducer = '';
   const topic = `audit-${randomUUID()}`;
+  let baseline: ResourceCounts;
 
   const lines = (): Line[] =>
     p
@@ -73,6 +74,7 @@ describe('refusals are counted by reason and logged once per (reason, who) per i
   };
 
   before(async () => {
+    baseline = countResources();
     files = tempDir();
     const authFile = files.file(
       'auth.json',
@@ -149,10 +151,11 @@ describe('refusals are counted by reason and logged once per (reason, who) per i
     await aliceUnaffected();
   });
 
-  test('the gateway is healthy afterwards and exits 0 on SIGTERM', async () => {
+  test('the gateway is healthy afterwards, exits 0 on SIGTERM, and no handle of the test is left', async () => {
     await aliceUnaffected();
     c.close();
     assert.equal(await p.stop(), 0);
     assert.equal(p.stderr(), '');
+    await assertResourcesSettle(baseline);
   });
 });

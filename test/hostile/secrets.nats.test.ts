@@ -10,12 +10,12 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { natsUrl } from '../support/brokers.js';
 import { freePort } from '../support/child-gateway.js';
 import { call, metadata, rawClient } from '../support/gateway.js';
-import { eventually } from '../support/leaks.js';
+import { assertResourcesSettle, countResources, eventually, type ResourceCounts } from '../support/leaks.js';
 import { NATS_SERVER_BIN } from '../support/nats-server.js';
 import { type ServeProcess, spawnServe } from './helpers.js';
 import { assertNoAddress, assertNoSecret, networkOutputs, OUTPUT_TOKEN } from './secrets-outputs.js';
@@ -58,6 +58,10 @@ async function healthy(p: ServeProcess): Promise<boolean> {
 
 describe('NATS credentials never appear in any output, with the broker up or down', () => {
   const cleanups: Array<() => Promise<unknown>> = [];
+  let baseline: ResourceCounts;
+  before(() => {
+    baseline = countResources();
+  });
   after(async () => {
     for (const c of cleanups.reverse()) await c().catch(() => {});
   });
@@ -122,4 +126,9 @@ describe('NATS credentials never appear in any output, with the broker up or dow
       assertNoAddress(down);
     });
   }
+
+  test('every gateway and nats-server process of these tests is gone afterwards', async () => {
+    for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
+    await assertResourcesSettle(baseline);
+  });
 });

@@ -6,13 +6,18 @@
  * secrets.nats.test.ts.
  */
 import assert from 'node:assert/strict';
-import { after, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import { freePort } from '../support/child-gateway.js';
+import { assertResourcesSettle, countResources, type ResourceCounts } from '../support/leaks.js';
 import { type ServeProcess, spawnServe } from './helpers.js';
 import { assertNoAddress, assertNoSecret, networkOutputs, OUTPUT_TOKEN } from './secrets-outputs.js';
 
 describe('broker credentials never appear in any output', () => {
   const running: ServeProcess[] = [];
+  let baseline: ResourceCounts;
+  before(() => {
+    baseline = countResources();
+  });
   after(async () => {
     for (const p of running) await p.stop();
   });
@@ -80,5 +85,10 @@ describe('broker credentials never appear in any output', () => {
       }
     }
     assert.deepEqual(leaks, [], leaks.join('\n'));
+  });
+
+  test('every gateway process and connection of these tests is gone afterwards', async () => {
+    for (const p of running) await p.stop();
+    await assertResourcesSettle(baseline);
   });
 });

@@ -1,5 +1,5 @@
 import { type ClientDuplexStream, status as Status } from '@grpc/grpc-js';
-import { ClosedError, type ErrorCode, MqError } from '../core/errors.js';
+import { abortError, ClosedError, type ErrorCode, MqError } from '../core/errors.js';
 import { fromStatus, GatewayError, type Rpc } from './rpc.js';
 import type { WireProperties } from './wire.js';
 
@@ -106,17 +106,12 @@ export class PublishChannel {
     const sequence = String(++this.#seq);
     const entry = { ...input, sequence };
     const bytes = (input.message_body_bytes?.length ?? 0) + (input.message_body?.length ?? 0);
+    if (signal?.aborted) return Promise.reject(abortError(signal, 'publish'));
     return new Promise<PublishOutcome>((resolve, reject) => {
       const onAbort = (): void => {
-        if (this.#pending.delete(sequence)) reject(new MqError('ABORTED', 'publish was aborted', { cause: signal?.reason }));
+        if (this.#pending.delete(sequence)) reject(abortError(signal as AbortSignal, 'publish'));
       };
-      if (signal) {
-        if (signal.aborted) {
-          onAbort();
-          return;
-        }
-        signal.addEventListener('abort', onAbort, { once: true });
-      }
+      signal?.addEventListener('abort', onAbort, { once: true });
       const done = (): void => signal?.removeEventListener('abort', onAbort);
       this.#pending.set(sequence, {
         resolve: (r) => {
@@ -171,7 +166,11 @@ export class PublishChannel {
         this.#stopWatchdog();
       }
       if (st.code === Status.OK) {
-        this.#failAll(new MqError('UNAVAILABLE', 'the Publish stream ended before these sends had results', { retryable: true }));
+        this.#failAll(
+          new MqError('UNAVAILABLE', 'the Publish stream ended before these sends had results', {
+            retryable: true,
+          }),
+        );
         return;
       }
       if (st.code === Status.UNIMPLEMENTED) {
@@ -203,7 +202,12 @@ export class PublishChannel {
         bytes += b;
         n++;
       }
-      const messages = this.#queue.splice(0, n).map((q) => q.entry);
+      // A send aborted while queued is not sent at all.
+      const messages = this.#queue
+        .splice(0, n)
+        .filter((q) => this.#pending.has((q.entry as { sequence: string }).sequence))
+        .map((q) => q.entry);
+      if (messages.length === 0) continue;
       const frame = this.#first ? { producer_id: this.#producerId, messages } : { messages };
       this.#first = false;
       this.#writable = call.write(frame);
@@ -221,7 +225,14 @@ export class PublishChannel {
     }
     const code = (r.code || 'INTERNAL') as ErrorCode;
     const status = STATUS_OF[code] ?? Status.UNKNOWN;
-    p.reject(new GatewayError(code, `Publish failed: ${r.message.replace(/^[A-Z_]+: /, '')}`, status, code === 'UNAVAILABLE'));
+    p.reject(
+      new GatewayError(
+        code,
+        `Publish failed: ${r.message.replace(/^[A-Z_]+: /, '')}`,
+        status,
+        code === 'UNAVAILABLE',
+      ),
+    );
     if (this.#pending.size === 0) this.#stopWatchdog();
   }
 

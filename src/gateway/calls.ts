@@ -90,29 +90,52 @@ function countOver(buf: Uint8Array, rules: readonly CountRule[]): MqError | unde
   }
 }
 
-function scan(reader: protobuf.Reader, end: number, rules: readonly CountRule[]): MqError | undefined {
-  const counts = new Map<number, number>();
+/**
+ * `counts` are the occurrences of each rule's field in the message being scanned. A singular
+ * sub-message field (descendOnly) may appear many times on the wire and the decoder merges the
+ * occurrences into one message, so the counts inside it are shared by all its occurrences.
+ */
+function scan(
+  reader: protobuf.Reader,
+  end: number,
+  rules: readonly CountRule[],
+  counts: Map<CountRule, number> = new Map(),
+): MqError | undefined {
+  const merged = new Map<CountRule, Map<CountRule, number>>();
   while (reader.pos < end) {
     const tag = reader.uint32();
+    const field = tag >>> 3;
     const wireType = tag & 7;
-    const rule = wireType === LENGTH_DELIMITED ? rules.find((r) => r.field === tag >>> 3) : undefined;
+    const rule = rules.find((r) => r.field === field);
     if (rule === undefined) {
       reader.skipType(wireType);
       continue;
     }
+    // The decoder reads a known field by its number whatever the wire type says, so a counted
+    // field in another wire type would be decoded without being counted.
+    if (wireType !== LENGTH_DELIMITED) {
+      return new InvalidArgumentError(`the request is malformed: field ${field} has wire type ${wireType}`);
+    }
     if (!rule.descendOnly) {
-      const n = (counts.get(rule.field) ?? 0) + 1;
+      const n = (counts.get(rule) ?? 0) + 1;
       if (n > rule.limit) {
         return new InvalidArgumentError(
           `the request has more than ${rule.limit} ${rule.what}; the limit is ${rule.limit} (${rule.setting})`,
         );
       }
-      counts.set(rule.field, n);
+      counts.set(rule, n);
     }
     const length = reader.uint32();
     const stop = reader.pos + length;
+    if (stop > end)
+      return new InvalidArgumentError('the request is malformed: a field runs past its message');
     if (rule.inner) {
-      const err = scan(reader, stop, rule.inner);
+      let inner = new Map<CountRule, number>();
+      if (rule.descendOnly) {
+        inner = merged.get(rule) ?? inner;
+        merged.set(rule, inner);
+      }
+      const err = scan(reader, stop, rule.inner, inner);
       if (err) return err;
     }
     reader.pos = stop;
@@ -201,6 +224,14 @@ export function createCallGuard(options: CallGuardOptions): CallGuard {
       finished = true;
       if (counted && unary) activeUnary--;
       metrics.rpc(method, STATUS_NAME[code] ?? String(code), unary ? (performance.now() - t0) / 1000 : -1);
+    };
+    // grpc-js answers some failures itself on the call below this one (a request over the
+    // transport's size ceiling, a decompression error): record those statuses too, not the
+    // cancel that follows them.
+    const transportSend = next.sendStatus.bind(next);
+    next.sendStatus = (status) => {
+      finish(status.code);
+      transportSend(status);
     };
     const call: ServerInterceptingCall = new ServerInterceptingCall(next, {
       start: (startNext) =>

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { parseBrokerUrl, SUPPORTED_SCHEMES } from '../brokers/index.js';
+import { parseBrokerUrl, redactUrl, SUPPORTED_SCHEMES } from '../brokers/index.js';
 import { formatDuration, parseDuration } from '../core/duration.js';
 import { InvalidArgumentError } from '../core/errors.js';
 
@@ -188,8 +188,8 @@ export const SETTINGS: readonly AnySetting[] = [
     env: 'MAX_MESSAGE_SIZE',
     flag: '--max-message-size',
     kind: 'size',
-    default: '4MiB',
-    help: 'Largest message body (bytes; KiB/MiB suffixes accepted).',
+    default: '4080KiB',
+    help: "Largest message: body, properties and keys together (bytes; KiB/MiB suffixes accepted). The default, 4 MiB less 16 KiB, leaves room for a delivery's other fields within a default gRPC client's 4 MiB receive limit.",
   }),
   defineSetting({
     key: 'maxProperties',
@@ -444,6 +444,14 @@ export function parseSize(text: string): number | undefined {
   return Number(m[1]) * mult;
 }
 
+/** A BROKERS value as it may be shown: every URL in it redacted. */
+function redactBrokerList(text: string): string {
+  return text
+    .split(/(\s+|;)/)
+    .map((part) => (/^[a-z][a-z0-9+.-]*:\/\//i.test(part) ? redactUrl(part) : part))
+    .join('');
+}
+
 export function parseBrokers(text: string): BrokerEntry[] | string {
   const entries: BrokerEntry[] = [];
   for (const raw of text.split(';')) {
@@ -453,16 +461,18 @@ export function parseBrokers(text: string): BrokerEntry[] | string {
     const endpoints: string[] = [];
     for (const opt of rest) {
       const m = /^endpoints=(.+)$/.exec(opt);
-      if (!m) return `unexpected "${opt}" after ${url}`;
+      if (!m) return `unexpected "${opt.slice(0, 40)}" after ${redactUrl(url as string)}`;
       endpoints.push(...(m[1] as string).split(',').filter(Boolean));
     }
     try {
       const u = parseBrokerUrl(url as string);
       if (!SUPPORTED_SCHEMES().includes(u.protocol.slice(0, -1))) {
-        return `unknown scheme ${u.protocol} in ${url}`;
+        return `unknown scheme ${u.protocol} in ${redactUrl(url as string)}; supported: ${SUPPORTED_SCHEMES()
+          .map((x) => `${x}://`)
+          .join(', ')}`;
       }
     } catch {
-      return `${url} is not a URL`;
+      return `${redactUrl(url as string)} is not a URL`;
     }
     entries.push({ url: url as string, endpoints });
   }
@@ -535,7 +545,8 @@ function parseValue(s: AnySetting, value: string, source: string): unknown {
     }
     case 'brokers': {
       const r = parseBrokers(v);
-      if (typeof r === 'string') invalid(s, source, value, r);
+      // The value may hold credentials: it is shown only with them replaced.
+      if (typeof r === 'string') invalid(s, source, redactBrokerList(value), r);
       return r;
     }
     case 'tokens': {

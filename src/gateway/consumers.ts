@@ -44,6 +44,11 @@ export interface DeliverySink {
   /** Unacked deliveries this stream wants at most (MESSAGE_BUFFER_SIZE caps it); 0: the cap. */
   readonly maxInFlight: number;
   /**
+   * Bytes the stream's connection has written so far. A large message can take long to drain to
+   * a slow reader; the connection moving at all means the client reads, so it is not stalled.
+   */
+  transportBytes(): number;
+  /**
    * Writes messages (spending credit). `flushed` runs once the transport has taken their bytes,
    * which needs the peer's flow-control window: a client that does not read never lets it run.
    */
@@ -82,8 +87,10 @@ const MAX_UNFLUSHED_MESSAGES = 16;
 class Attachment {
   unflushedBytes = 0;
   unflushedCount = 0;
-  /** Last time the transport took a write (or the stream attached). */
+  /** Last time the stream made progress: a write taken, its connection writing, or a write begun. */
   progressAt = Date.now();
+  /** The connection's written bytes when the sweep last looked. */
+  transportBytes = -1;
   readonly detached: Promise<typeof DETACHED>;
   #resolve!: (v: typeof DETACHED) => void;
 
@@ -147,6 +154,8 @@ export class Session implements Owned {
   readonly #room = new Notifier();
   readonly #iterator: AsyncIterator<Delivery>;
   #pendingNext: Promise<IteratorResult<Delivery>> | undefined;
+  /** A delivery pulled that did not fit the last batch's bytes: first of the next one. */
+  #carry: Delivery | undefined;
   #attachment: Attachment | undefined;
   #pump: Promise<void> | undefined;
   #full = false;
@@ -256,7 +265,13 @@ export class Session implements Owned {
    */
   sweep(now: number): boolean {
     const a = this.#attachment;
-    if (a && a.unflushedCount > 0 && now - a.progressAt > this.opts.streamStallTimeoutMs) this.#stall(a);
+    if (a && a.unflushedCount > 0) {
+      const written = a.sink.transportBytes();
+      if (written !== a.transportBytes) {
+        a.transportBytes = written;
+        a.progressAt = now;
+      } else if (now - a.progressAt > this.opts.streamStallTimeoutMs) this.#stall(a);
+    }
     let released = false;
     for (const e of this.inFlight.values()) {
       if (e.settling) continue;
@@ -304,6 +319,9 @@ export class Session implements Owned {
       a.sink.end();
     }
     this.#room.notifyAll();
+    const carry = this.#carry;
+    this.#carry = undefined;
+    if (carry) this.#release({ rh: '', delivery: carry, bytes: 0, flushedAt: 0, settling: undefined }, false);
     await closeAll([() => this.subscription.close(), () => this.#pump]);
   }
 
@@ -330,20 +348,26 @@ export class Session implements Owned {
         continue;
       }
       this.#full = false;
-      this.#pendingNext ??= this.#iterator.next();
-      const r = await Promise.race([this.#pendingNext, a.detached]);
-      // On detach the pending pull stays with the session: the next stream picks it up, so no
-      // delivery is orphaned and the broker is not asked twice.
-      if (r === DETACHED) return;
-      this.#pendingNext = undefined;
-      if (r.done) {
-        this.#endOfSubscription(a);
-        return;
+      let first = this.#carry;
+      this.#carry = undefined;
+      if (first === undefined) {
+        this.#pendingNext ??= this.#iterator.next();
+        const r = await Promise.race([this.#pendingNext, a.detached]);
+        // On detach the pending pull stays with the session: the next stream picks it up, so no
+        // delivery is orphaned and the broker is not asked twice.
+        if (r === DETACHED) return;
+        this.#pendingNext = undefined;
+        if (r.done) {
+          this.#endOfSubscription(a);
+          return;
+        }
+        first = r.value;
       }
       // Whatever else is ready right now goes in the same write: a pull that would have to wait
-      // ends the batch, so batching never delays a message.
-      const batch: Delivery[] = [r.value];
-      let bytes = messageBytes(r.value.message);
+      // ends the batch, so batching never delays a message. A batch stays within maxBatchBytes
+      // unless its one message is larger.
+      const batch: Delivery[] = [first];
+      let bytes = messageBytes(first.message);
       let ended = false;
       const most = Math.min(room, sink.maxBatch);
       while (batch.length < most && bytes < sink.maxBatchBytes) {
@@ -357,8 +381,13 @@ export class Session implements Owned {
           ended = true;
           break;
         }
+        const size = messageBytes(more.value.message);
+        if (bytes + size > sink.maxBatchBytes) {
+          this.#carry = more.value;
+          break;
+        }
         batch.push(more.value);
-        bytes += messageBytes(more.value.message);
+        bytes += size;
       }
       if (this.#attachment !== a || this.#closed) {
         for (const delivery of batch)
@@ -379,6 +408,8 @@ export class Session implements Owned {
         entries.push(e);
         out.push({ message: delivery.message, receiptHandle: e.rh });
       }
+      // The stall clock runs only while something waits to be written.
+      if (a.unflushedCount === 0) a.progressAt = Date.now();
       a.unflushedBytes += bytes;
       a.unflushedCount += batch.length;
       counts.messagesDelivered += batch.length;

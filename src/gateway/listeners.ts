@@ -83,6 +83,11 @@ export class GrpcListener {
     if (conn) conn.called = true;
   }
 
+  /** Bytes written so far on the connection a call came from (0 when it is gone). */
+  bytesWritten(peer: string): number {
+    return this.#conns.get(peer)?.socket.bytesWritten ?? 0;
+  }
+
   /** Destroys the connection a call came from. */
   cut(peer: string): void {
     const conn = this.#conns.get(peer);

@@ -45,7 +45,9 @@ export function messageOf(req: WireSendFields, limits: MessageLimits): OutgoingM
   const text = req.message_body ?? '';
   const props = req.properties ?? {};
   const businessKey = bounded(props.message_key, 'properties.message_key', LIMITS.messageKey);
-  const key = bounded(req.sharding_key || props.sharding_key, 'sharding_key', LIMITS.shardingKey);
+  const key = req.sharding_key
+    ? bounded(req.sharding_key, 'sharding_key', LIMITS.shardingKey)
+    : bounded(props.sharding_key, 'properties.sharding_key', LIMITS.shardingKey);
   const tag = checkTag(req.tag);
   // Everything the broker stores counts against MAX_MESSAGE_SIZE, not just the body.
   const size =

@@ -28,6 +28,9 @@ export interface MetricSources {
   brokers(): ReadonlyArray<{ broker: string; counters: BrokerCounters }>;
 }
 
+/** Sampling interval of the event-loop delay monitor. */
+const ELD_RESOLUTION_MS = 10;
+
 export class GatewayMetrics {
   readonly registry = new Registry();
   readonly counts = {
@@ -52,7 +55,8 @@ export class GatewayMetrics {
   readonly #rpcDuration: Histogram<'method'>;
   /** Label look-ups cost a string key per call; one child per method is resolved once. */
   readonly #durationByMethod = new Map<string, ReturnType<Histogram<'method'>['labels']>>();
-  readonly #eld: IntervalHistogram;
+  /** Created by start(): an unstarted gateway (failed start-up) holds no histogram handle. */
+  #eld: IntervalHistogram | undefined;
   readonly #started = Date.now();
   readonly #live: () => LiveCounts;
   readonly #sources: MetricSources;
@@ -60,7 +64,6 @@ export class GatewayMetrics {
   constructor(sources: MetricSources) {
     this.#sources = sources;
     this.#live = () => sources.live();
-    this.#eld = monitorEventLoopDelay({ resolution: 20 });
     const r = this.registry;
     const counter = (name: string, help: string, get: () => number): void => {
       new Counter({
@@ -205,16 +208,17 @@ export class GatewayMetrics {
         for (const [type, n] of activeResources()) this.set({ type }, n);
       },
     });
-    const eld = this.#eld;
+    const delay = (): { p50: number; p99: number; max: number } => this.eventLoopDelayMs();
     new Gauge({
       name: 'nodejs_eventloop_delay_seconds',
-      help: 'Event-loop delay percentiles since start.',
+      help: 'Event-loop delay percentiles since start (how late the loop ran, sampling interval excluded).',
       labelNames: ['quantile'],
       registers: [r],
       collect() {
-        this.set({ quantile: '0.5' }, eld.percentile(50) / 1e9);
-        this.set({ quantile: '0.99' }, eld.percentile(99) / 1e9);
-        this.set({ quantile: '1' }, eld.max / 1e9);
+        const d = delay();
+        this.set({ quantile: '0.5' }, d.p50 / 1000);
+        this.set({ quantile: '0.99' }, d.p99 / 1000);
+        this.set({ quantile: '1' }, d.max / 1000);
       },
     });
     const rpcCounts = this.#rpcCounts;
@@ -241,11 +245,23 @@ export class GatewayMetrics {
   }
 
   start(): void {
+    this.#eld ??= monitorEventLoopDelay({ resolution: ELD_RESOLUTION_MS });
     this.#eld.enable();
   }
 
   stop(): void {
-    this.#eld.disable();
+    this.#eld?.disable();
+  }
+
+  /**
+   * Event-loop delay in ms. The monitor records the time between its samples, which is the
+   * sampling interval plus the delay; the interval is taken off, so an idle loop reads 0, not 10.
+   */
+  eventLoopDelayMs(): { p50: number; p99: number; max: number } {
+    const h = this.#eld;
+    if (!h || h.count === 0) return { p50: 0, p99: 0, max: 0 };
+    const ms = (ns: number): number => Math.round(Math.max(0, ns / 1e6 - ELD_RESOLUTION_MS) * 1000) / 1000;
+    return { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(h.max) };
   }
 
   /** Records one finished call; `code` is the gRPC status name. */
@@ -296,15 +312,12 @@ export class GatewayMetrics {
       total_requests: this.#rpcTotal,
       failed_requests: this.#rpcFailed,
       // The seed reported the last call's time here; this is the mean over every call.
-      avg_response_time_ms: this.#rpcTotal === 0 ? 0 : (this.#rpcSeconds / this.#rpcTotal) * 1000,
+      avg_response_time_ms:
+        this.#rpcTotal === 0 ? 0 : Math.round((this.#rpcSeconds / this.#rpcTotal) * 1e6) / 1000,
       active_handles: Object.fromEntries(activeResources()),
       heap_used_bytes: mem.heapUsed,
       rss_bytes: mem.rss,
-      event_loop_delay_ms: {
-        p50: this.#eld.percentile(50) / 1e6,
-        p99: this.#eld.percentile(99) / 1e6,
-        max: this.#eld.max / 1e6,
-      },
+      event_loop_delay_ms: this.eventLoopDelayMs(),
       uptime_seconds: (Date.now() - this.#started) / 1000,
     };
   }

@@ -1,10 +1,13 @@
-import type { Broker } from '../brokers/broker.js';
+import type { Broker, HealthStatus } from '../brokers/broker.js';
 import { openBroker, redactUrl } from '../brokers/index.js';
 import { InvalidArgumentError, quoteInput } from '../core/errors.js';
 import { closeAll } from '../core/lifecycle.js';
 import { digest } from './callers.js';
 import type { BrokerEntry } from './config.js';
 import type { Logger } from './log.js';
+
+/** How long one health probe's result answers every health call. */
+const HEALTH_REUSE_MS = 1000;
 
 export interface BrokerRef {
   readonly index: number;
@@ -23,9 +26,29 @@ export class BrokerRouter {
   /** Digests of endpoints already logged: bounded, and never the client's text itself. */
   readonly #seen = new Set<string>();
   readonly #log: Logger;
+  #health: { at: number; result: Promise<HealthStatus[]> } | undefined;
 
   private constructor(log: Logger) {
     this.#log = log;
+  }
+
+  /**
+   * Every broker's health, one probe at a time: concurrent callers (HealthCheck and /ready need
+   * no token) share the probe under way, and a result is reused for a second, so a flood of
+   * health calls costs the brokers one probe a second.
+   */
+  health(): Promise<HealthStatus[]> {
+    const now = Date.now();
+    if (this.#health && now - this.#health.at < HEALTH_REUSE_MS) return this.#health.result;
+    const result = Promise.all(
+      this.refs.map((r) =>
+        r.broker
+          .health()
+          .catch((e: unknown) => ({ ok: false, detail: e instanceof Error ? e.message : String(e) })),
+      ),
+    );
+    this.#health = { at: now, result };
+    return result;
   }
 
   static async open(entries: BrokerEntry[], ackTimeoutMs: number, log: Logger): Promise<BrokerRouter> {

@@ -40,6 +40,11 @@ function loadServiceDefinition(): ServiceDefinition {
   return pkg.rocketmq.RocketMQProxy.service;
 }
 
+/** A default gRPC client refuses messages over 4 MiB. */
+const DEFAULT_CLIENT_RECEIVE_LIMIT = 4 * 1024 * 1024;
+/** A delivery's fields besides what MAX_MESSAGE_SIZE counts: ids, topic, tag, framing. */
+const DELIVERY_FIELDS_BYTES = 16 * 1024;
+
 export interface GatewayOptions {
   config?: Partial<GatewayConfig>;
   logger?: Logger;
@@ -142,6 +147,12 @@ export class Gateway {
             'and consume; set AUTH_TOKENS or AUTH_FILE, or TLS_CERT/TLS_KEY, or pass --insecure (INSECURE=true) if that is intended',
         );
       }
+      if (c.maxMessageSize > DEFAULT_CLIENT_RECEIVE_LIMIT - DELIVERY_FIELDS_BYTES) {
+        this.log.warn(
+          { maxMessageSize: c.maxMessageSize },
+          "MAX_MESSAGE_SIZE leaves no room for a delivery's other fields within 4 MiB: clients with the default gRPC receive limit cannot receive the largest messages",
+        );
+      }
       this.#router = await BrokerRouter.open(c.brokers, c.ackTimeoutMs, this.log);
       const toStatus = statusMapper(this.redactor);
       const limits = requestLimits({ ...c, idLength: LIMITS.id });
@@ -167,7 +178,9 @@ export class Gateway {
         redactor: this.redactor,
         toStatus,
         log: this.log,
+        isClosing: () => this.#closing,
         cutConnection: (peer) => this.#listener?.cut(peer),
+        transportBytes: (peer) => this.#listener?.bytesWritten(peer) ?? 0,
       });
       const largestRequest = Math.max(...Object.values(limits).map((l) => l.maxBytes));
       const grpc = new Server({
@@ -345,12 +358,11 @@ export class Gateway {
       } else if (path === '/ready') {
         // Unauthenticated: each broker's kind and state, never its address or error text.
         const refs = this.#router?.refs ?? [];
-        const checks = await Promise.all(
-          refs.map(async (r) => ({
-            broker: `${r.broker.kind}#${r.index}`,
-            ok: (await r.broker.health().catch(() => ({ ok: false }))).ok,
-          })),
-        );
+        const health = (await this.#router?.health()) ?? [];
+        const checks = refs.map((r, i) => ({
+          broker: `${r.broker.kind}#${r.index}`,
+          ok: health[i]?.ok === true,
+        }));
         const ready = !this.#closing && checks.length > 0 && checks.every((c) => c.ok);
         send(res, ready ? 200 : 503, 'application/json', JSON.stringify({ ready, brokers: checks }));
       } else {

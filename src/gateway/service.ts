@@ -50,8 +50,12 @@ export interface ServiceDeps {
   redactor: Redactor;
   toStatus: StatusMapper;
   log: Logger;
+  /** True once shutdown began. */
+  isClosing(): boolean;
   /** Cuts the client connection a call came from (a stream whose peer stopped reading). */
   cutConnection(peer: string): void;
+  /** Bytes written so far on the connection a call came from. */
+  transportBytes(peer: string): number;
 }
 
 type Handler<Req, Res> = (req: Req, ctx: CallContext) => Promise<Res>;
@@ -232,6 +236,7 @@ export function createService(deps: ServiceDeps): Service {
       toStatus,
       log,
       cutConnection: deps.cutConnection,
+      transportBytes: deps.transportBytes,
       createSession: (open, ctx) => createSession({ ...open, start: startOf(open) }, ctx),
     }),
 
@@ -406,9 +411,8 @@ export function createService(deps: ServiceDeps): Service {
     }),
 
     HealthCheck: unary(async (_req: object, ctx) => {
-      const results = await Promise.all(
-        router.refs.map((r) => r.broker.health().catch((e: Error) => ({ ok: false, detail: e.message }))),
-      );
+      if (deps.isClosing()) return { healthy: false, message: 'shutting down' };
+      const results = await router.health();
       const bad = results.flatMap((h, i) => (h.ok ? [] : [{ h, ref: router.refs[i] }]));
       if (bad.length === 0) return { healthy: true, message: 'OK' };
       // Broker addresses and errors only for callers with a valid token (or when auth is off).
@@ -434,6 +438,7 @@ export function createService(deps: ServiceDeps): Service {
           maxBatchBytes: config.streamBufferBytes,
           credit: () => Number.POSITIVE_INFINITY,
           maxInFlight: 0,
+          transportBytes: () => deps.transportBytes(ctx.peer),
           write: (batch, flushed) => {
             const last = batch.length - 1;
             for (let i = 0; i < last; i++) {

@@ -25,6 +25,8 @@ export interface SubscribeDeps {
   toStatus: StatusMapper;
   log: Logger;
   cutConnection(peer: string): void;
+  /** Bytes written so far on the connection a call came from. */
+  transportBytes(peer: string): number;
   /** Creates a session for an open frame's subscription (permissions checked). */
   createSession(open: WireSubscribeOpen, ctx: CallContext): Promise<Session>;
 }
@@ -162,6 +164,7 @@ export function subscribeHandler(
         maxBatch,
         maxBatchBytes,
         maxInFlight: o.max_in_flight ?? 0,
+        transportBytes: () => deps.transportBytes(ctx.peer),
         credit: () => credit,
         write: (batch, flushed) => {
           credit -= batch.length;

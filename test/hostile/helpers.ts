@@ -15,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { type Metadata, type ServiceError, status } from '@grpc/grpc-js';
 import { encodeRequest } from '../../bench/lib/h2grpc.js';
-import type { GatewayConfig } from '../../src/gateway/config.js';
+import { type GatewayConfig, loadConfig } from '../../src/gateway/config.js';
 import { freePort } from '../support/child-gateway.js';
 import {
   call,
@@ -561,3 +561,6 @@ export function propertyEntries(count: number, valueLength = 0, keyLength = 2): 
   }
   return buf;
 }
+
+/** The gateway's default MAX_MESSAGE_SIZE, as the limits in its errors show it. */
+export const DEFAULT_MAX_MESSAGE = loadConfig({}).maxMessageSize;

@@ -17,6 +17,7 @@ import {
   BOB,
   createConsumer,
   createProducer,
+  DEFAULT_MAX_MESSAGE,
   expectCode,
   gauge,
   grpcFrame,
@@ -215,7 +216,9 @@ describe('oversized and malformed fields are refused with a short INVALID_ARGUME
         properties: { properties: { big: 'v'.repeat(4 * MiB - 512) } },
       }),
       status.INVALID_ARGUMENT,
-      /message is \d+ bytes \(body, properties and keys\); the limit is 4194304 \(MAX_MESSAGE_SIZE\)/,
+      new RegExp(
+        `message is \\d+ bytes \\(body, properties and keys\\); the limit is ${DEFAULT_MAX_MESSAGE} \\(MAX_MESSAGE_SIZE\\)`,
+      ),
     );
     assertShort(e.details, 4 * MiB);
     await aliceUnaffected();
@@ -264,7 +267,9 @@ describe('oversized and malformed fields are refused with a short INVALID_ARGUME
     const e2 = await expectCode(
       bob('SendMessage', { producer_id: bobProducer, message_body_bytes: Buffer.alloc(4 * MiB + 100_000) }),
       status.INVALID_ARGUMENT,
-      /the SendMessage request is \d+ bytes; the limit is 4259840 \(MAX_MESSAGE_SIZE \+ 64 KiB\)/,
+      new RegExp(
+        `the SendMessage request is \\d+ bytes; the limit is ${DEFAULT_MAX_MESSAGE + 65536} \\(MAX_MESSAGE_SIZE \\+ 64 KiB\\)`,
+      ),
     );
     assertShort(e2.details, 4 * MiB);
     await aliceUnaffected();

@@ -29,7 +29,6 @@ import { atMost, bounded, checkName, LIMITS, nonNegativeInt, requireId } from '.
 import type {
   WireAckMessagesRequest,
   WireAckRequest,
-  WireBatchEntry,
   WireCleanupRequest,
   WireCreateRequest,
   WireEndTransactionRequest,

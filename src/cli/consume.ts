@@ -44,8 +44,7 @@ export function consumeCommand(): Command {
     try {
       const consumer = await client.getConsumer(flags.instanceId, flags.topic, flags.group, flags.tag, {
         signal: stop.signal,
-        // The loop below prints in order, so keep little read-ahead.
-        prefetch: 16,
+        prefetch: 256,
       });
       if (!flags.quiet) {
         process.stderr.write(
@@ -55,6 +54,7 @@ export function consumeCommand(): Command {
       let n = 0;
       for await (const m of consumer) {
         await writeOut(flags.json ? `${JSON.stringify(toJson(m))}\n` : `${m.body}\n`);
+        // Acked once printed; an ack the gateway refuses means the message comes again.
         await m.ack();
         progress.tick();
         if (++n >= limit) break;

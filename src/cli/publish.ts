@@ -23,6 +23,9 @@ interface PublishFlags extends ConnectionFlags {
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
+/** stdin lines being published at once. */
+const IN_FLIGHT = 1000;
+
 /** `mqgate publish`: one message from --body, or one per line of stdin. Prints each message id. */
 export function publishCommand(): Command {
   const cmd = new Command('publish')
@@ -62,13 +65,24 @@ export function publishCommand(): Command {
       }
       const lines = createInterface({ input: process.stdin, crlfDelay: Number.POSITIVE_INFINITY });
       stop.signal.addEventListener('abort', () => lines.close(), { once: true });
+      // Up to IN_FLIGHT lines are published at once (they share Publish frames); ids are printed
+      // in input order. A failed send stops the run after the sends before it were printed.
+      const pending: Array<Promise<SendResult>> = [];
+      const printOldest = async (): Promise<void> => {
+        const res = await (pending.shift() as Promise<SendResult>);
+        progress.tick();
+        await writeOut(`${res.messageId}\n`);
+      };
       try {
         for await (const line of lines) {
           if (line === '') continue;
-          const res = await send(line);
-          progress.tick();
-          await writeOut(`${res.messageId}\n`);
+          const p = send(line);
+          // Failures surface in order through printOldest; this only keeps them from being unhandled.
+          p.catch(() => {});
+          pending.push(p);
+          if (pending.length >= IN_FLIGHT) await printOldest();
         }
+        while (pending.length > 0) await printOldest();
       } finally {
         lines.close();
       }

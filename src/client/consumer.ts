@@ -1,5 +1,10 @@
 import { EventEmitter, setMaxListeners } from 'node:events';
-import { type ClientReadableStream, status as Status, type StatusObject } from '@grpc/grpc-js';
+import {
+  type ClientDuplexStream,
+  type ClientReadableStream,
+  status as Status,
+  type StatusObject,
+} from '@grpc/grpc-js';
 import { ClosedError, InvalidArgumentError, MqError, toMqError } from '../core/errors.js';
 import { AsyncQueue, delay, Notifier } from '../core/lifecycle.js';
 import { type AckTarget, ReceivedMessage } from './message.js';
@@ -11,7 +16,13 @@ import {
   retrying,
 } from './retry.js';
 import { fromStatus, type Rpc } from './rpc.js';
-import type { WireCreateConsumerResponse, WireMessage } from './wire.js';
+import type {
+  WireCreateConsumerResponse,
+  WireHandleFailure,
+  WireMessage,
+  WireSubscribeRequest,
+  WireSubscribeResponse,
+} from './wire.js';
 
 /** Receives each message; resolves when done with it. The signal aborts when the consumer closes. */
 export type MessageHandler = (message: ReceivedMessage, signal: AbortSignal) => unknown;
@@ -80,6 +91,23 @@ export class StaleReceiptError extends MqError {
   }
 }
 
+/** The state of the current Subscribe stream. */
+interface SubscribeStream {
+  readonly call: ClientDuplexStream<WireSubscribeRequest, WireSubscribeResponse>;
+  readonly generation: number;
+  /** Credit not yet sent. */
+  credit: number;
+  acks: string[];
+  nacks: Array<{ receipt_handle: string; delay_ms: string }>;
+  scheduled: boolean;
+  /** Receipt handle -> message id of deliveries not yet acked. */
+  readonly delivered: Map<string, string>;
+}
+
+/** Acks and nacks per frame: the gateway's MAX_BATCH_SIZE default. */
+const FRAME_SETTLES = 1000;
+const RECENT_ACKS = 4096;
+
 /** Statuses after which reconnecting cannot help: the same request would fail the same way. */
 const FATAL: ReadonlySet<string> = new Set([
   'INVALID_ARGUMENT',
@@ -90,8 +118,14 @@ const FATAL: ReadonlySet<string> = new Set([
 ]);
 
 /**
- * A consumer session on the gateway: one ReceiveMessages stream at a time, re-established after
- * the gateway goes away. Consume with onMessage(handler) or `for await (const m of consumer)`.
+ * A consumer session on the gateway: one stream at a time, re-established after the gateway goes
+ * away. Consume with onMessage(handler) or `for await (const m of consumer)`.
+ *
+ * The stream is Subscribe: the read-ahead (`prefetch`) is the credit the gateway may fill, and
+ * acks and nacks travel on the same stream, those of one event-loop turn in one frame. An ack
+ * resolves once it is sent; one the gateway refuses (its delivery was already released) shows as
+ * an 'ack-lost' status, and the message comes again. A gateway without Subscribe (UNIMPLEMENTED)
+ * gets ReceiveMessages and one AckMessage per ack instead.
  *
  * Delivery is at least once: a message not acked before its stream ends is redelivered, also
  * when the stream ends because the gateway restarted.
@@ -117,6 +151,11 @@ export class Consumer
   #generation = 0;
   readonly #queue = new AsyncQueue<ReceivedMessage>();
   #call: ClientReadableStream<WireMessage> | undefined;
+  /** False once the gateway answered Subscribe with UNIMPLEMENTED. */
+  #streaming = true;
+  #sub: SubscribeStream | undefined;
+  /** Receipt handle -> message id of recent acks, to name a message whose ack was refused. */
+  readonly #recentAcks = new Map<string, string>();
   #paused = false;
   #mode: 'none' | 'handler' | 'iterator' = 'none';
   #loop: Promise<void> | undefined;
@@ -174,7 +213,9 @@ export class Consumer
 
   /** Messages received and not yet handed out, and handlers running. */
   get stats(): { buffered: number; running: number; paused: boolean } {
-    return { buffered: this.#queue.size, running: this.#running.size, paused: this.#paused };
+    // On Subscribe the read-ahead is credit: a full one means the gateway sends nothing more.
+    const paused = this.#sub ? this.#queue.size >= this.#prefetch : this.#paused;
+    return { buffered: this.#queue.size, running: this.#running.size, paused };
   }
 
   /**
@@ -203,7 +244,11 @@ export class Consumer
     };
   }
 
-  /** Acknowledges a delivery of the current session. */
+  /**
+   * Acknowledges a delivery of the current session with one AckMessage call, which answers for
+   * this receipt handle alone (NOT_FOUND for one the session does not hold). message.ack() is the
+   * fast path: it travels on the stream.
+   */
   ackMessage(receiptHandle: string, options: { signal?: AbortSignal } = {}): Promise<void> {
     return this.#ackOrNack(
       'AckMessage',
@@ -212,10 +257,11 @@ export class Consumer
       this.#generation,
       0,
       options.signal,
+      false,
     );
   }
 
-  /** Gives a delivery back for redelivery after delayMs. */
+  /** Gives a delivery back for redelivery after delayMs (one NackMessage call, as ackMessage). */
   nackMessage(receiptHandle: string, delayMs = 0, options: { signal?: AbortSignal } = {}): Promise<void> {
     return this.#ackOrNack(
       'NackMessage',
@@ -224,17 +270,18 @@ export class Consumer
       this.#generation,
       delayMs,
       options.signal,
+      false,
     );
   }
 
   /** @internal Used by ReceivedMessage.ack(). */
   ackWith(consumerId: string, receiptHandle: string, generation: number): Promise<void> {
-    return this.#ackOrNack('AckMessage', consumerId, receiptHandle, generation, 0, undefined);
+    return this.#ackOrNack('AckMessage', consumerId, receiptHandle, generation, 0, undefined, true);
   }
 
   /** @internal Used by ReceivedMessage.nack(). */
   nackWith(consumerId: string, receiptHandle: string, delayMs: number, generation: number): Promise<void> {
-    return this.#ackOrNack('NackMessage', consumerId, receiptHandle, generation, delayMs, undefined);
+    return this.#ackOrNack('NackMessage', consumerId, receiptHandle, generation, delayMs, undefined, true);
   }
 
   /**
@@ -254,6 +301,7 @@ export class Consumer
   async #close(): Promise<void> {
     this.#closing.abort(new ClosedError(`consumer for topic "${this.topic}" is closed`));
     this.#call?.pause();
+    if (this.#sub) this.#sub.credit = 0;
     this.#queue.drain();
     this.#queue.end();
     this.#slot.notifyAll();
@@ -269,6 +317,10 @@ export class Consumer
         clearTimeout(timer);
       }
       this.#call?.cancel();
+      // Acks of finished handlers go out first; the half-close then ends the stream, and the
+      // gateway releases what was not acked.
+      this.#flushSub();
+      this.#sub?.call.end();
       await this.#loop;
       await this.#dispatch;
       if (!this.#ctx.rpc.closed) {
@@ -301,7 +353,44 @@ export class Consumer
   async #next(): Promise<IteratorResult<ReceivedMessage>> {
     const r = await this.#queue.next();
     this.#maybeResume();
+    // A message left the read-ahead: the gateway may send one more.
+    if (!r.done) this.#grant(r.value);
     return r;
+  }
+
+  #grant(m: ReceivedMessage): void {
+    const sub = this.#sub;
+    if (!sub || this.closed || m.generationOf() !== sub.generation) return;
+    sub.credit++;
+    this.#scheduleSub(sub);
+  }
+
+  #scheduleSub(sub: SubscribeStream): void {
+    if (sub.scheduled) return;
+    sub.scheduled = true;
+    // Credit, acks and nacks of this turn of the event loop go out in one frame; no timer.
+    setImmediate(() => {
+      sub.scheduled = false;
+      this.#flushSub();
+    });
+  }
+
+  /** Writes the current stream's pending credit, acks and nacks. */
+  #flushSub(): void {
+    const sub = this.#sub;
+    if (!sub || (sub.credit === 0 && sub.acks.length === 0 && sub.nacks.length === 0)) return;
+    const frame: WireSubscribeRequest = {};
+    if (sub.credit > 0 && !this.closed) frame.credit = sub.credit;
+    sub.credit = 0;
+    // At most MAX_BATCH_SIZE (1,000 by default) acks and nacks per frame.
+    while (sub.acks.length > 0 || sub.nacks.length > 0 || frame.credit) {
+      frame.acks = sub.acks.splice(0, FRAME_SETTLES);
+      frame.nacks = sub.nacks.splice(0, FRAME_SETTLES - frame.acks.length);
+      const last = sub.acks.length === 0 && sub.nacks.length === 0;
+      sub.call.write({ ...frame });
+      frame.credit = 0;
+      if (last) break;
+    }
   }
 
   #maybeResume(): void {
@@ -370,8 +459,33 @@ export class Consumer
     generation: number,
     delayMs: number,
     signal: AbortSignal | undefined,
+    inStream: boolean,
   ): Promise<void> {
     if (!receiptHandle) throw new InvalidArgumentError(`${method} needs the message's receiptHandle`);
+    const sub = this.#sub;
+    if (inStream && sub && generation === sub.generation && consumerId === this.#consumerId) {
+      // Queued for this turn's frame. The gateway answers only acks it refuses (an 'ack-lost'
+      // status), so there is nothing more to wait for, and a loop that awaits each ack is not
+      // held to one message per turn of the event loop.
+      if (method === 'AckMessage') {
+        sub.acks.push(receiptHandle);
+        const id = sub.delivered.get(receiptHandle);
+        sub.delivered.delete(receiptHandle);
+        if (id !== undefined) this.#rememberAck(receiptHandle, id);
+      } else {
+        sub.nacks.push({ receipt_handle: receiptHandle, delay_ms: String(Math.max(0, Math.round(delayMs))) });
+      }
+      this.#scheduleSub(sub);
+      return;
+    }
+    if (inStream && this.#streaming && generation !== this.#generation) {
+      // The stream that delivered it is gone: the gateway released it when that stream ended.
+      throw new StaleReceiptError(
+        `${method}: the stream that delivered this message ended (the gateway restarted or the connection ` +
+          'dropped), so the gateway already released it for redelivery; the redelivered copy can be acked',
+        undefined,
+      );
+    }
     const req =
       method === 'AckMessage'
         ? { consumer_id: consumerId, receipt_handle: receiptHandle }
@@ -468,8 +582,89 @@ export class Consumer
     return attempt + 1;
   }
 
+  #rememberAck(rh: string, messageId: string): void {
+    this.#recentAcks.set(rh, messageId);
+    if (this.#recentAcks.size > RECENT_ACKS) {
+      const oldest = this.#recentAcks.keys().next().value;
+      if (oldest !== undefined) this.#recentAcks.delete(oldest);
+    }
+  }
+
+  /** Runs one stream to its end (Subscribe, or ReceiveMessages on an older gateway). */
+  async #streamOnce(): Promise<{ status: Pick<StatusObject, 'code' | 'details'>; gotData: boolean }> {
+    if (this.#streaming) {
+      const r = await this.#subscribeOnce();
+      if (r.status.code !== Status.UNIMPLEMENTED || r.gotData) return r;
+      // The gateway has no Subscribe: ReceiveMessages from now on, at once.
+      this.#streaming = false;
+    }
+    return this.#receiveOnce();
+  }
+
+  /** Runs one Subscribe stream to its end; resolves with its status. */
+  #subscribeOnce(): Promise<{ status: Pick<StatusObject, 'code' | 'details'>; gotData: boolean }> {
+    const generation = ++this.#generation;
+    this.#queue.drain();
+    const consumerId = this.#consumerId;
+    let call: ClientDuplexStream<WireSubscribeRequest, WireSubscribeResponse>;
+    try {
+      call = this.#ctx.rpc.duplex<WireSubscribeRequest, WireSubscribeResponse>('Subscribe');
+    } catch (err) {
+      const e = toMqError(err);
+      return Promise.resolve({ status: { code: Status.UNAVAILABLE, details: e.message }, gotData: false });
+    }
+    const sub: SubscribeStream = {
+      call,
+      generation,
+      credit: 0,
+      acks: [],
+      nacks: [],
+      scheduled: false,
+      delivered: new Map(),
+    };
+    this.#sub = sub;
+    let gotData = false;
+    call.write({ open: { consumer_id: consumerId }, credit: this.#prefetch });
+    return new Promise((resolve) => {
+      call.on('data', (frame: WireSubscribeResponse) => {
+        gotData = true;
+        if (this.#queue.ended || this.#generation !== generation) return;
+        for (const wire of frame.messages ?? []) {
+          sub.delivered.set(wire.receipt_handle, wire.message_id);
+          if (sub.delivered.size > RECENT_ACKS) {
+            const oldest = sub.delivered.keys().next().value;
+            if (oldest !== undefined) sub.delivered.delete(oldest);
+          }
+          this.#queue.push(new ReceivedMessage(wire, this, consumerId, generation));
+        }
+        for (const f of frame.failures ?? []) this.#settleFailed(f);
+      });
+      call.on('error', () => {});
+      call.once('status', (status: StatusObject) => {
+        if (this.#sub === sub) this.#sub = undefined;
+        call.removeAllListeners('data');
+        resolve({ status, gotData });
+      });
+    });
+  }
+
+  #settleFailed(f: WireHandleFailure): void {
+    const messageId = this.#recentAcks.get(f.receipt_handle) ?? '';
+    this.#recentAcks.delete(f.receipt_handle);
+    if (f.code === 'NOT_FOUND') {
+      this.emit('status', { type: 'ack-lost', messageId });
+      return;
+    }
+    this.#report(
+      new MqError(
+        (f.code || 'INTERNAL') as MqError['code'],
+        `ack or nack of message ${messageId || f.receipt_handle} failed: ${f.message}`,
+      ),
+    );
+  }
+
   /** Runs one ReceiveMessages stream to its end; resolves with its status. */
-  #streamOnce(): Promise<{ status: Pick<StatusObject, 'code' | 'details'>; gotData: boolean }> {
+  #receiveOnce(): Promise<{ status: Pick<StatusObject, 'code' | 'details'>; gotData: boolean }> {
     const generation = ++this.#generation;
     // Messages still buffered from an earlier stream were released by the gateway when that stream
     // ended; handing them out would only produce acks that fail.

@@ -138,10 +138,12 @@ export class ReceivedMessage {
     this.properties = wire.properties ?? {};
     this.bornTimestamp = Number(wire.born_timestamp ?? 0);
     this.reconsumeTimes = wire.reconsume_times ?? 0;
-    this.body = wire.message_body ?? '';
     const bytes = wire.message_body_bytes;
-    // An older gateway sends only text; the bytes field then arrives empty.
-    this.bodyBytes = bytes && bytes.length > 0 ? bytes : this.body === '' ? EMPTY : Buffer.from(this.body);
+    const hasBytes = bytes !== undefined && bytes !== null && bytes.length > 0;
+    // A binary body comes as bytes only (text empty); a text body as text only (an older gateway
+    // sent both).
+    this.body = wire.message_body || (hasBytes ? bytes.toString('utf8') : '');
+    this.bodyBytes = hasBytes ? bytes : this.body === '' ? EMPTY : Buffer.from(this.body);
     this.#target = target;
     this.#consumerId = consumerId;
     this.#generation = generation;
@@ -160,6 +162,11 @@ export class ReceivedMessage {
   /** The body parsed as JSON. */
   json<T = unknown>(): T {
     return JSON.parse(this.bodyBytes.toString('utf8')) as T;
+  }
+
+  /** @internal Which stream of its consumer delivered it. */
+  generationOf(): number {
+    return this.#generation;
   }
 
   /** Acknowledges this delivery on the consumer session it arrived on. */

@@ -10,6 +10,7 @@ const BENCHES: Record<string, () => Promise<BenchModule>> = {
   ceiling: () => import('./ceiling.js'),
   lanes: () => import('./lanes.js'),
   hostile: () => import('./hostile.js'),
+  sdk: () => import('./sdk.js'),
 };
 
 async function main(): Promise<number> {

@@ -18,13 +18,31 @@ import {
 } from '@bufbuild/protobuf/wkt';
 import type { ConnectRouter } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
-import { loadPackageDefinition, Server, ServerCredentials, type ServiceDefinition } from '@grpc/grpc-js';
+import {
+  loadPackageDefinition,
+  Server,
+  ServerCredentials,
+  type ServerWritableStream,
+  type ServiceDefinition,
+} from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { PROTO_PATH } from './load.js';
 
 /** Same length as an embedded-broker message id. */
 const MESSAGE_ID = '01a1ff7b689bd62bdc8100000001';
 const MAX_MESSAGE_SIZE = 4 * 1024 * 1024;
+/** A delivery like the gateway's: 1 KiB body as bytes, a topic, a UUID-long receipt handle. */
+const STREAM_MESSAGE = {
+  message_id: MESSAGE_ID,
+  message_body: '',
+  message_body_bytes: Buffer.alloc(1024, 7),
+  tag: 'bench',
+  properties: {},
+  born_timestamp: String(Date.now()),
+  reconsume_times: 0,
+  topic: 'bench-ceiling',
+};
+const RECEIPT = '00000000-0000-4000-8000-';
 
 async function grpcJs(): Promise<number> {
   const pkg = loadPackageDefinition(
@@ -37,6 +55,23 @@ async function grpcJs(): Promise<number> {
   server.addService(pkg.rocketmq.RocketMQProxy.service, {
     SendMessage: (_call: unknown, callback: (err: null, res: object) => void) =>
       callback(null, { success: true, message: 'OK', message_id: MESSAGE_ID }),
+    // The stream ceiling: `consumer_id: "<n>"` gets n ready-made 1 KiB messages, one per stream
+    // message as ReceiveMessages carries them, as fast as flow control lets them go.
+    ReceiveMessages: (call: ServerWritableStream<{ consumer_id: string }, object>) => {
+      const n = Number(call.request.consumer_id);
+      let i = 0;
+      const pump = (): void => {
+        while (i < n) {
+          const ok = call.write({ ...STREAM_MESSAGE, receipt_handle: `${RECEIPT}${i++}` });
+          if (!ok) {
+            call.once('drain', pump);
+            return;
+          }
+        }
+        call.end();
+      };
+      pump();
+    },
   });
   return new Promise((resolve, reject) =>
     server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, port) =>

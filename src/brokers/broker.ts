@@ -97,6 +97,12 @@ export interface Subscription extends AsyncIterable<Delivery> {
   /** Deliveries handed out and not yet settled. */
   readonly inFlight: number;
   /**
+   * Deliveries ready now, without waiting: at most `max`, within maxInFlight; [] when none is.
+   * Optional: an adapter that holds deliveries in memory can hand several over in one call,
+   * sparing a promise per delivery; without it callers take them one at a time from the iterator.
+   */
+  takeReady?(max: number): Delivery[];
+  /**
    * Ends the iteration and releases every unsettled delivery for redelivery at once.
    * Idempotent; resolves when the subscription's handles are gone.
    */

@@ -5,6 +5,7 @@ import {
   status as Status,
   type StatusObject,
 } from '@grpc/grpc-js';
+import { BoundedMap } from '../core/bounded.js';
 import { ClosedError, InvalidArgumentError, MqError, toMqError } from '../core/errors.js';
 import { AsyncQueue, delay, Notifier } from '../core/lifecycle.js';
 import { type AckTarget, ReceivedMessage } from './message.js';
@@ -101,7 +102,7 @@ interface SubscribeStream {
   nacks: Array<{ receipt_handle: string; delay_ms: string }>;
   scheduled: boolean;
   /** Receipt handle -> message id of deliveries not yet acked. */
-  readonly delivered: Map<string, string>;
+  readonly delivered: BoundedMap<string, string>;
 }
 
 /** Acks and nacks per frame: the gateway's MAX_BATCH_SIZE default. */
@@ -155,7 +156,7 @@ export class Consumer
   #streaming = true;
   #sub: SubscribeStream | undefined;
   /** Receipt handle -> message id of recent acks, to name a message whose ack was refused. */
-  readonly #recentAcks = new Map<string, string>();
+  readonly #recentAcks = new BoundedMap<string, string>(RECENT_ACKS);
   #paused = false;
   #mode: 'none' | 'handler' | 'iterator' = 'none';
   #loop: Promise<void> | undefined;
@@ -584,10 +585,6 @@ export class Consumer
 
   #rememberAck(rh: string, messageId: string): void {
     this.#recentAcks.set(rh, messageId);
-    if (this.#recentAcks.size > RECENT_ACKS) {
-      const oldest = this.#recentAcks.keys().next().value;
-      if (oldest !== undefined) this.#recentAcks.delete(oldest);
-    }
   }
 
   /** Runs one stream to its end (Subscribe, or ReceiveMessages on an older gateway). */
@@ -620,7 +617,7 @@ export class Consumer
       acks: [],
       nacks: [],
       scheduled: false,
-      delivered: new Map(),
+      delivered: new BoundedMap(RECENT_ACKS),
     };
     this.#sub = sub;
     let gotData = false;
@@ -631,10 +628,6 @@ export class Consumer
         if (this.#queue.ended || this.#generation !== generation) return;
         for (const wire of frame.messages ?? []) {
           sub.delivered.set(wire.receipt_handle, wire.message_id);
-          if (sub.delivered.size > RECENT_ACKS) {
-            const oldest = sub.delivered.keys().next().value;
-            if (oldest !== undefined) sub.delivered.delete(oldest);
-          }
           this.#queue.push(new ReceivedMessage(wire, this, consumerId, generation));
         }
         for (const f of frame.failures ?? []) this.#settleFailed(f);

@@ -122,10 +122,9 @@ export class ReceivedMessage {
   readonly bornTimestamp: number;
   /** How many times it was delivered before this delivery. */
   readonly reconsumeTimes: number;
-  /** The body as text (lossy for binary bodies: use bodyBytes). */
-  readonly body: string;
   /** The body byte for byte. */
   readonly bodyBytes: Buffer;
+  #body: string | undefined;
   readonly #target: AckTarget;
   readonly #consumerId: string;
   readonly #generation: number;
@@ -139,14 +138,22 @@ export class ReceivedMessage {
     this.bornTimestamp = Number(wire.born_timestamp ?? 0);
     this.reconsumeTimes = wire.reconsume_times ?? 0;
     const bytes = wire.message_body_bytes;
-    const hasBytes = bytes !== undefined && bytes !== null && bytes.length > 0;
-    // A binary body comes as bytes only (text empty); a text body as text only (an older gateway
-    // sent both).
-    this.body = wire.message_body || (hasBytes ? bytes.toString('utf8') : '');
-    this.bodyBytes = hasBytes ? bytes : this.body === '' ? EMPTY : Buffer.from(this.body);
+    // Subscribe and binary bodies come as bytes (text empty); ReceiveMessages sends a text body
+    // as text only (an older gateway sent both).
+    if (bytes !== undefined && bytes !== null && bytes.length > 0) this.bodyBytes = bytes;
+    else {
+      this.#body = wire.message_body ?? '';
+      this.bodyBytes = this.#body === '' ? EMPTY : Buffer.from(this.#body);
+    }
     this.#target = target;
     this.#consumerId = consumerId;
     this.#generation = generation;
+  }
+
+  /** The body as text (lossy for binary bodies: use bodyBytes); decoded on first use. */
+  get body(): string {
+    this.#body ??= this.bodyBytes.toString('utf8');
+    return this.#body;
   }
 
   /** The business key (message_key at publish time), if any. */

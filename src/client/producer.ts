@@ -269,7 +269,9 @@ export class Producer {
       try {
         if (STREAMED.has(method) && this.#channel.supported) {
           const entry: PublishEntryInput = { ...req, transactional: method === 'SendTransactionMessage' };
-          return await this.#channel.send(id, entry, signal);
+          // Only the caller's own signal is watched per send: close() fails the channel's sends
+          // itself, and a listener per send on the producer's signal would cost more than the send.
+          return await this.#channel.send(id, entry, options.signal);
         }
         return await this.#ctx.rpc.unary<WireSendResponse>(
           method,

@@ -104,46 +104,45 @@ export class PublishChannel {
     }
     if (!this.#call) this.#open(producerId);
     const sequence = String(++this.#seq);
-    const entry = { ...input, sequence };
+    // The input is the caller's fresh object: it becomes the entry itself.
+    const entry = input as PublishEntryInput & { sequence: string };
+    entry.sequence = sequence;
     const bytes = (input.message_body_bytes?.length ?? 0) + (input.message_body?.length ?? 0);
     if (signal?.aborted) return Promise.reject(abortError(signal, 'publish'));
     return new Promise<PublishOutcome>((resolve, reject) => {
-      const onAbort = (): void => {
-        if (this.#pending.delete(sequence)) reject(abortError(signal as AbortSignal, 'publish'));
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      const done = (): void => signal?.removeEventListener('abort', onAbort);
-      this.#pending.set(sequence, {
-        resolve: (r) => {
-          done();
-          resolve(r);
-        },
-        reject: (e) => {
-          done();
-          reject(e);
-        },
-        at: Date.now(),
-      });
+      const at = Date.now();
+      if (!signal) this.#pending.set(sequence, { resolve, reject, at });
+      else {
+        const onAbort = (): void => {
+          if (this.#pending.delete(sequence)) reject(abortError(signal, 'publish'));
+        };
+        signal.addEventListener('abort', onAbort, { once: true });
+        const done = (): void => signal.removeEventListener('abort', onAbort);
+        this.#pending.set(sequence, {
+          resolve: (r) => {
+            done();
+            resolve(r);
+          },
+          reject: (e) => {
+            done();
+            reject(e);
+          },
+          at,
+        });
+      }
       this.#queue.push({ entry, bytes });
       this.#schedule();
     });
   }
 
-  /** Sends not yet written fail with CLOSED; written ones still get their results, then the stream ends. */
+  /** Every send without a result fails with CLOSED; the stream is ended. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    const queued = this.#queue;
     this.#queue = [];
-    for (const q of queued) {
-      const p = this.#pending.get((q.entry as { sequence: string }).sequence);
-      if (!p) continue;
-      this.#pending.delete((q.entry as { sequence: string }).sequence);
-      p.reject(new ClosedError('the producer was closed before this message was sent'));
-    }
+    this.#failAll(new ClosedError('the producer was closed before this message had a result'));
     this.#call?.end();
     this.#call = undefined;
-    if (this.#pending.size === 0) this.#stopWatchdog();
   }
 
   #open(producerId: string): void {

@@ -1,4 +1,3 @@
-import { fileURLToPath } from 'node:url';
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -8,37 +7,20 @@ import {
   type ClientReadableStream,
   type ClientUnaryCall,
   credentials,
-  loadPackageDefinition,
   Metadata,
+  makeClientConstructor,
   type ServiceClientConstructor,
   type ServiceError,
   status as Status,
 } from '@grpc/grpc-js';
-import { loadSync } from '@grpc/proto-loader';
 import { abortError, ClosedError, ERROR_CODES, type ErrorCode, MqError } from '../core/errors.js';
+import { serviceDefinition } from '../proto.js';
 import type { WireMessage } from './wire.js';
-
-/** proto/ ships next to dist/ and src/, two levels above this file in both layouts. */
-const PROTO_PATH = fileURLToPath(new URL('../../proto/rocketmq_proxy.proto', import.meta.url));
-
-/** The options existing clients load the proto with: snake_case fields, int64 as strings, defaults. */
-const PROTO_LOADER_OPTIONS = {
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-} as const;
 
 let serviceCtor: ServiceClientConstructor | undefined;
 
 function proxyConstructor(): ServiceClientConstructor {
-  if (!serviceCtor) {
-    const pkg = loadPackageDefinition(loadSync(PROTO_PATH, PROTO_LOADER_OPTIONS)) as unknown as {
-      rocketmq: { RocketMQProxy: ServiceClientConstructor };
-    };
-    serviceCtor = pkg.rocketmq.RocketMQProxy;
-  }
+  serviceCtor ??= makeClientConstructor(serviceDefinition(), 'RocketMQProxy');
   return serviceCtor;
 }
 

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Delivery, Subscription } from '../brokers/broker.js';
+import { BoundedMap } from '../core/bounded.js';
 import { MqError, NotFoundError, quoteInput } from '../core/errors.js';
 import { closeAll, Notifier } from '../core/lifecycle.js';
 import type { Message } from '../core/message.js';
@@ -150,7 +151,8 @@ export class Session implements Owned {
   readonly id = randomUUID();
   readonly owner: string;
   readonly inFlight = new Map<string, InFlight>();
-  readonly #recentAcks = new Set<string>();
+  /** Handles acked lately: a repeated ack of one of them is answered OK. */
+  readonly #recentAcks = new BoundedMap<string, true>(RECENT_ACKS);
   readonly #room = new Notifier();
   readonly #iterator: AsyncIterator<Delivery>;
   #pendingNext: Promise<IteratorResult<Delivery>> | undefined;
@@ -234,11 +236,7 @@ export class Session implements Owned {
       () => {
         if (this.inFlight.get(e.rh) === e) this.inFlight.delete(e.rh);
         if (ack) {
-          this.#recentAcks.add(e.rh);
-          if (this.#recentAcks.size > RECENT_ACKS) {
-            const oldest = this.#recentAcks.values().next().value;
-            if (oldest !== undefined) this.#recentAcks.delete(oldest);
-          }
+          this.#recentAcks.set(e.rh, true);
           counts.messagesAcked++;
         } else counts.messagesNacked++;
         this.#room.notifyAll();
@@ -342,9 +340,8 @@ export class Session implements Owned {
           counts.channelFullEvents++;
         }
         // Woken by an ack, a nack, a release, a flush, more credit or the end of the stream.
-        const ac = new AbortController();
-        await Promise.race([this.#room.wait(ac.signal).catch(() => {}), a.detached]);
-        ac.abort();
+        // A wait left behind by a detach is released by the notify every detach makes.
+        await Promise.race([this.#room.wait(), a.detached]);
         continue;
       }
       this.#full = false;
@@ -370,23 +367,31 @@ export class Session implements Owned {
       let bytes = messageBytes(first.message);
       let ended = false;
       const most = Math.min(room, sink.maxBatch);
+      const ready = this.subscription.takeReady?.bind(this.subscription);
       while (batch.length < most && bytes < sink.maxBatchBytes) {
-        const next = this.#iterator.next();
-        const more = await Promise.race([next, notReady]);
-        if (more === NOT_READY) {
-          this.#pendingNext = next;
-          break;
+        let d: Delivery | undefined;
+        if (ready) {
+          d = ready(1)[0];
+          if (d === undefined) break;
+        } else {
+          const next = this.#iterator.next();
+          const more = await Promise.race([next, notReady]);
+          if (more === NOT_READY) {
+            this.#pendingNext = next;
+            break;
+          }
+          if (more.done) {
+            ended = true;
+            break;
+          }
+          d = more.value;
         }
-        if (more.done) {
-          ended = true;
-          break;
-        }
-        const size = messageBytes(more.value.message);
+        const size = messageBytes(d.message);
         if (bytes + size > sink.maxBatchBytes) {
-          this.#carry = more.value;
+          this.#carry = d;
           break;
         }
-        batch.push(more.value);
+        batch.push(d);
         bytes += size;
       }
       if (this.#attachment !== a || this.#closed) {

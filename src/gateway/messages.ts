@@ -92,8 +92,12 @@ function deliverAtOf(req: WireSendFields, props: WireProperties, maxDelayMs: num
 
 const EMPTY = Buffer.alloc(0);
 
-/** A delivery as the wire carries it. */
-export function wireMessage(m: Message, receiptHandle: string): WireMessage {
+/**
+ * A delivery as the wire carries it. ReceiveMessages sends a UTF-8 body as text (existing clients
+ * read message_body); Subscribe (`bytesOnly`) always sends the bytes, sparing a UTF-8 check and
+ * a decode and re-encode of every text body.
+ */
+export function wireMessage(m: Message, receiptHandle: string, bytesOnly = false): WireMessage {
   const body = Buffer.from(m.body.buffer, m.body.byteOffset, m.body.byteLength);
   let properties = m.properties as Record<string, string>;
   if (m.businessKey !== undefined || m.key !== undefined) {
@@ -103,14 +107,15 @@ export function wireMessage(m: Message, receiptHandle: string): WireMessage {
   }
   // A body is sent once: as text when it is UTF-8, else as bytes only. A lossy text copy of a
   // binary body would cost up to 3x its size and push it past clients' 4 MiB receive limit.
-  const text = isUtf8(body);
+  const text = !bytesOnly && isUtf8(body);
   return {
     message_id: m.id,
     receipt_handle: receiptHandle,
     message_body: text ? body.toString('utf8') : '',
     tag: m.tag ?? '',
     properties,
-    born_timestamp: String(m.bornAt),
+    // A number: encoding an int64 from a string would parse it into a Long first.
+    born_timestamp: m.bornAt,
     reconsume_times: m.reconsumeCount,
     topic: m.topic,
     message_body_bytes: text ? EMPTY : body,

@@ -175,7 +175,10 @@ export class PublishStreams {
       };
 
       const sendEntry = (entry: WirePublishEntry, h: ProducerHandle): void => {
-        const sequence = entry.sequence ?? '0';
+        // Echoed as the client sent it; a number when it fits exactly, since the encoder parses an
+        // int64 given as a string into a Long first.
+        const raw = entry.sequence ?? '0';
+        const sequence = raw.length <= 15 ? Number(raw) : raw;
         const failed = (err: unknown, bytes: number): void => {
           const e = toMqError(err);
           report(

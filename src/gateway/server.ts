@@ -1,11 +1,10 @@
 import { readFileSync } from 'node:fs';
 import type { Server as HttpServer, IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { fileURLToPath } from 'node:url';
-import { loadPackageDefinition, Server, ServerCredentials, type ServiceDefinition } from '@grpc/grpc-js';
-import { loadSync } from '@grpc/proto-loader';
+import { Server, ServerCredentials, type ServiceDefinition } from '@grpc/grpc-js';
 import { InvalidArgumentError, MqError } from '../core/errors.js';
 import { closeAll } from '../core/lifecycle.js';
+import { directEncoder, serviceDefinition } from '../proto.js';
 import { Audit } from './audit.js';
 import { Authenticator, entriesFromTokens, readAuthFile } from './auth.js';
 import { createCallGuard, guardDecoders, requestLimits } from './calls.js';
@@ -22,22 +21,25 @@ import { statusMapper } from './status.js';
 import { TransactionRegistry } from './transactions.js';
 import { LIMITS } from './validate.js';
 
-/** proto/ ships next to dist/ and src/, two levels above this file in both layouts. */
-export const PROTO_PATH = fileURLToPath(new URL('../../proto/rocketmq_proxy.proto', import.meta.url));
+export { PROTO_LOADER_OPTIONS, PROTO_PATH } from '../proto.js';
 
-export const PROTO_LOADER_OPTIONS = {
-  keepCase: true,
-  longs: String,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-} as const;
-
+/**
+ * The service with direct encoders on the streams that carry every delivery and publish result:
+ * what they send is built by the gateway, so proto-loader's copy into a message object is skipped.
+ */
 function loadServiceDefinition(): ServiceDefinition {
-  const pkg = loadPackageDefinition(loadSync(PROTO_PATH, PROTO_LOADER_OPTIONS)) as unknown as {
-    rocketmq: { RocketMQProxy: { service: ServiceDefinition } };
+  const def = serviceDefinition();
+  const direct: Record<string, string> = {
+    ReceiveMessages: 'Message',
+    Subscribe: 'SubscribeResponse',
+    Publish: 'PublishResponse',
   };
-  return pkg.rocketmq.RocketMQProxy.service;
+  const out: Record<string, unknown> = {};
+  for (const [name, method] of Object.entries(def)) {
+    const type = direct[name];
+    out[name] = type ? { ...method, responseSerialize: directEncoder(type) } : method;
+  }
+  return out as ServiceDefinition;
 }
 
 /** A default gRPC client refuses messages over 4 MiB. */

@@ -168,7 +168,7 @@ export function subscribeHandler(
         credit: () => credit,
         write: (batch, flushed) => {
           credit -= batch.length;
-          call.write({ messages: batch.map((b) => wireMessage(b.message, b.receiptHandle)) }, flushed);
+          call.write({ messages: batch.map((b) => wireMessage(b.message, b.receiptHandle, true)) }, flushed);
         },
         end: (error) => finish(error),
         abort: (error) => {

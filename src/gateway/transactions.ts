@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { PreparedTransaction } from '../brokers/broker.js';
+import { BoundedMap } from '../core/bounded.js';
 import { MqError, NotFoundError, quoteInput } from '../core/errors.js';
 import { type ScheduledTask, Scheduler } from '../core/scheduler.js';
 import type { Audit } from './audit.js';
@@ -39,7 +40,7 @@ export interface TransactionRegistryOptions {
 export class TransactionRegistry {
   readonly #pending: OwnedMap<Pending>;
   /** Outcomes of recently finished transactions, so a late EndTransaction gets a clear answer. */
-  readonly #finished = new Map<string, { owner: string; outcome: Outcome }>();
+  readonly #finished = new BoundedMap<string, { owner: string; outcome: Outcome }>(10_000);
   readonly #quota: Quota;
   readonly #scheduler: Scheduler;
   readonly #metrics: GatewayMetrics;
@@ -139,9 +140,5 @@ export class TransactionRegistry {
 
   #remember(p: Pending, outcome: Outcome): void {
     this.#finished.set(p.id, { owner: p.owner, outcome });
-    if (this.#finished.size > 10_000) {
-      const oldest = this.#finished.keys().next().value;
-      if (oldest !== undefined) this.#finished.delete(oldest);
-    }
   }
 }

@@ -58,7 +58,8 @@ export interface WireMessage {
   message_body: string;
   tag: string;
   properties: Record<string, string>;
-  born_timestamp: string;
+  /** A string when decoded with longs: String; the gateway writes a number. */
+  born_timestamp: string | number;
   reconsume_times: number;
   topic: string;
   message_body_bytes: Buffer;
@@ -142,7 +143,8 @@ export interface WirePublishRequest {
 }
 
 export interface WirePublishResult {
-  sequence: string;
+  /** A string when decoded with longs: String; the gateway writes a number when it can. */
+  sequence: string | number;
   success: boolean;
   code: string;
   message: string;

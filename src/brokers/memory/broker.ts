@@ -756,6 +756,16 @@ class MemorySubscription implements Subscription {
     await this.close();
   }
 
+  takeReady(max: number): Delivery[] {
+    const out: Delivery[] = [];
+    while (out.length < max && !this.#closed && !this.engine.closed && this.#inFlight < this.maxInFlight) {
+      const entry = this.groupState.take();
+      if (entry === undefined) break;
+      out.push(this.#deliver(entry));
+    }
+    return out;
+  }
+
   async #next(): Promise<IteratorResult<Delivery, undefined>> {
     for (;;) {
       // The broker check stops hand-outs while broker.close() is still closing subscriptions.

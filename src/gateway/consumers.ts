@@ -63,8 +63,8 @@ export interface DeliverySink {
   abort(error: MqError): void;
 }
 
-interface InFlight {
-  readonly rh: string;
+/** A delivery handed to a stream; it is also what the stream's sink writes. */
+interface InFlight extends Outgoing {
   readonly delivery: Delivery;
   readonly bytes: number;
   /** When the transport took it: the ack clock starts here. 0 while it is not written yet. */
@@ -213,38 +213,44 @@ export class Session implements Owned {
    * Acks a delivery. It counts as acked only once the broker confirmed it: a retry after a failed
    * ack acks again instead of being told it succeeded.
    */
-  ack(receiptHandle: string): Promise<void> {
+  ack(receiptHandle: string, remember = true): Promise<void> {
     const e = this.inFlight.get(receiptHandle);
     if (!e) {
       if (this.#recentAcks.has(receiptHandle)) return Promise.resolve();
       return Promise.reject(this.#notPending(receiptHandle));
     }
-    return this.#settle(e, () => e.delivery.ack(), true);
+    return this.#settle(e, () => e.delivery.ack(), remember ? 'remembered ack' : 'ack');
   }
 
   nack(receiptHandle: string, delayMs: number): Promise<void> {
     const e = this.inFlight.get(receiptHandle);
     if (!e) return Promise.reject(this.#notPending(receiptHandle));
-    return this.#settle(e, () => e.delivery.nack({ delayMs }), false);
+    return this.#settle(e, () => e.delivery.nack({ delayMs }), 'nack');
   }
 
-  #settle(e: InFlight, op: () => Promise<void>, ack: boolean): Promise<void> {
+  /**
+   * A 'remembered ack' is answered OK when repeated (unary AckMessage: a client may retry an ack
+   * whose answer it lost). In-stream acks are not remembered: a repeat only earns a NOT_FOUND
+   * failure frame, and remembering every handle is a hash-table write per message.
+   */
+  #settle(e: InFlight, op: () => Promise<void>, how: 'remembered ack' | 'ack' | 'nack'): Promise<void> {
     // A second ack of the same delivery while the first is under way shares its outcome.
     if (e.settling) return e.settling;
     const counts = this.opts.metrics.counts;
     e.settling = op().then(
       () => {
-        if (this.inFlight.get(e.rh) === e) this.inFlight.delete(e.rh);
-        if (ack) {
-          this.#recentAcks.set(e.rh, true);
+        if (this.inFlight.get(e.receiptHandle) === e) this.inFlight.delete(e.receiptHandle);
+        if (how === 'nack') counts.messagesNacked++;
+        else {
+          if (how === 'remembered ack') this.#recentAcks.set(e.receiptHandle, true);
           counts.messagesAcked++;
-        } else counts.messagesNacked++;
+        }
         this.#room.notifyAll();
       },
       (err: unknown) => {
         e.settling = undefined;
         // The stream ended while the broker was asked: nobody holds the delivery any more.
-        if (this.inFlight.get(e.rh) !== e) this.#release(e, true);
+        if (this.inFlight.get(e.receiptHandle) !== e) this.#release(e, true);
         throw err;
       },
     );
@@ -275,7 +281,7 @@ export class Session implements Owned {
       if (e.settling) continue;
       // Flushes happen in write order, so the first unwritten or young entry ends the scan.
       if (e.flushedAt === 0 || now - e.flushedAt < this.opts.ackTimeoutMs) break;
-      this.inFlight.delete(e.rh);
+      this.inFlight.delete(e.receiptHandle);
       this.#release(e, true);
       released = true;
     }
@@ -319,7 +325,7 @@ export class Session implements Owned {
     this.#room.notifyAll();
     const carry = this.#carry;
     this.#carry = undefined;
-    if (carry) this.#release({ rh: '', delivery: carry, bytes: 0, flushedAt: 0, settling: undefined }, false);
+    if (carry) this.#release(carry, false);
     await closeAll([() => this.subscription.close(), () => this.#pump]);
   }
 
@@ -365,6 +371,7 @@ export class Session implements Owned {
       // unless its one message is larger.
       const batch: Delivery[] = [first];
       let bytes = messageBytes(first.message);
+      const sizes = [bytes];
       let ended = false;
       const most = Math.min(room, sink.maxBatch);
       const ready = this.subscription.takeReady?.bind(this.subscription);
@@ -392,38 +399,39 @@ export class Session implements Owned {
           break;
         }
         batch.push(d);
+        sizes.push(size);
         bytes += size;
       }
       if (this.#attachment !== a || this.#closed) {
-        for (const delivery of batch)
-          this.#release({ rh: '', delivery, bytes: 0, flushedAt: 0, settling: undefined }, false);
+        for (const delivery of batch) this.#release(delivery, false);
         return;
       }
-      const out: Outgoing[] = [];
       const entries: InFlight[] = [];
-      for (const delivery of batch) {
+      for (let i = 0; i < batch.length; i++) {
+        const delivery = batch[i] as Delivery;
         const e: InFlight = {
-          rh: randomUUID(),
+          receiptHandle: randomUUID(),
+          message: delivery.message,
           delivery,
-          bytes: messageBytes(delivery.message),
+          bytes: sizes[i] as number,
           flushedAt: 0,
           settling: undefined,
         };
-        this.inFlight.set(e.rh, e);
+        this.inFlight.set(e.receiptHandle, e);
         entries.push(e);
-        out.push({ message: delivery.message, receiptHandle: e.rh });
       }
       // The stall clock runs only while something waits to be written.
       if (a.unflushedCount === 0) a.progressAt = Date.now();
       a.unflushedBytes += bytes;
       a.unflushedCount += batch.length;
       counts.messagesDelivered += batch.length;
-      sink.write(out, () => {
+      sink.write(entries, () => {
         const now = Date.now();
         a.unflushedBytes -= bytes;
-        a.unflushedCount -= batch.length;
+        a.unflushedCount -= entries.length;
         a.progressAt = now;
-        for (const e of entries) if (this.inFlight.get(e.rh) === e) e.flushedAt = now;
+        // Settled or released entries are out of the map already; their clock no longer matters.
+        for (const e of entries) e.flushedAt = now;
         this.#room.notifyAll();
       });
       if (ended) {
@@ -454,9 +462,10 @@ export class Session implements Owned {
     this.#room.notifyAll();
   }
 
-  #release(e: InFlight, attempted: boolean): void {
+  #release(e: InFlight | Delivery, attempted: boolean): void {
     this.opts.metrics.counts.messagesRedelivered++;
-    e.delivery.nack({ delayMs: 0, uncounted: !attempted }).catch((err: unknown) => {
+    const delivery = 'delivery' in e ? e.delivery : e;
+    delivery.nack({ delayMs: 0, uncounted: !attempted }).catch((err: unknown) => {
       // NOT_FOUND means the broker already took it back (its own visibility timeout): fine.
       if (!(err instanceof MqError && err.code === 'NOT_FOUND')) {
         this.opts.log.warn(

@@ -104,7 +104,7 @@ export function subscribeHandler(
       }
       for (const rh of acks) {
         try {
-          s.ack(bounded(rh, 'receipt_handle', LIMITS.id)).catch((err) => fail(rh, err));
+          s.ack(bounded(rh, 'receipt_handle', LIMITS.id), false).catch((err) => fail(rh, err));
         } catch (err) {
           fail(rh, err);
         }

@@ -8,7 +8,7 @@ import type { Broker, Delivery, Producer, Subscription } from '../src/brokers/br
 import { openBroker } from '../src/brokers/index.js';
 import { decodeResponse, encodeRequest, H2GrpcClient } from './lib/h2grpc.js';
 import { fmt, type RawClient, rawClient, round, unary } from './lib/load.js';
-import { type GatewayProcess, startGatewayProcess } from './lib/processes.js';
+import { type GatewayProcess, loadSdk, startGatewayProcess } from './lib/processes.js';
 import { NOISE_NOTE, pct, profileArgs, verdict, withCpu } from './lib/report.js';
 import { machineInfo, machineMarkdown, markdownTable, writeResults } from './lib/results.js';
 import { type BrokerKind, chosenBrokers, isTarget, resolveTarget, type Target } from './lib/targets.js';
@@ -37,8 +37,11 @@ interface Row {
   /** The same drain acking with AckMessages, up to ACK_BATCH receipt handles per call. */
   gatewayBatchAck?: Drain;
   direct?: Drain;
+  /** The SDK's consumer on Subscribe: credit, batched deliveries, in-stream acks. */
+  gatewayStream?: Drain;
   ratio?: number;
   batchRatio?: number;
+  streamRatio?: number;
 }
 
 const ACK_BATCH = 64;
@@ -159,6 +162,63 @@ async function viaGateway(target: Target, gateway: GatewayProcess, batchAck: boo
   }
 }
 
+/** The SDK's consumer (Subscribe) drains the topic with `for await` + `await m.ack()`. */
+async function viaStream(target: Target, gateway: GatewayProcess): Promise<Drain> {
+  const topic = await target.topic();
+  const group = await target.group();
+  const sdk = await loadSdk();
+  const client = new sdk.MQClient({ grpcEndpoint: `127.0.0.1:${gateway.grpcPort}` });
+  try {
+    const consumer = await client.getConsumer('', topic, group, '*', { prefetch: BUFFER });
+    const producer = await client.getProducer('', topic);
+    let sent = 0;
+    await Promise.all(
+      Array.from({ length: 1000 }, async () => {
+        while (sent < MESSAGES) {
+          sent++;
+          await producer.publishMessage(BODY, 'bench');
+        }
+      }),
+    );
+    let got = 0;
+    let first = 0;
+    let last = 0;
+    const [, cpu] = await withCpu(gateway.pid, async () => {
+      const drain = (async () => {
+        for await (const m of consumer) {
+          if (got++ === 0) first = performance.now();
+          await m.ack();
+          if (got >= MESSAGES) {
+            last = performance.now();
+            break;
+          }
+        }
+      })();
+      let failed: unknown;
+      drain.catch((err: unknown) => {
+        failed = err;
+      });
+      await until(
+        () => got >= MESSAGES || failed !== undefined,
+        () => got,
+        'SDK stream drain',
+      );
+      if (failed) throw failed;
+      await drain;
+    });
+    const elapsedMs = last - first;
+    return {
+      messages: got,
+      elapsedMs: round(elapsedMs),
+      msgsPerSec: round((got / elapsedMs) * 1000, 1),
+      serverCpuMs: cpu.serverCpuMs,
+      clientCpuMs: round(cpu.clientCpuMs),
+    };
+  } finally {
+    await client.close();
+  }
+}
+
 async function direct(target: Target): Promise<Drain> {
   const topic = await target.topic();
   const group = await target.group();
@@ -233,17 +293,20 @@ async function measure(target: Target): Promise<Row> {
   try {
     const g = await viaGateway(target, gateway, false);
     const gb = await viaGateway(target, gateway, true);
+    const gs = await viaStream(target, gateway);
     const d = await direct(target);
     const row = {
       broker: target.kind,
       gateway: g,
       gatewayBatchAck: gb,
+      gatewayStream: gs,
       direct: d,
       ratio: round(g.msgsPerSec / d.msgsPerSec, 3),
       batchRatio: round(gb.msgsPerSec / d.msgsPerSec, 3),
+      streamRatio: round(gs.msgsPerSec / d.msgsPerSec, 3),
     };
     console.log(
-      `${target.kind}: gateway ${fmt(g.msgsPerSec)}/s | with AckMessages ${fmt(gb.msgsPerSec)}/s | direct ${fmt(d.msgsPerSec)}/s | ratio ${row.ratio} / ${row.batchRatio}`,
+      `${target.kind}: gateway ${fmt(g.msgsPerSec)}/s | with AckMessages ${fmt(gb.msgsPerSec)}/s | Subscribe (SDK) ${fmt(gs.msgsPerSec)}/s | direct ${fmt(d.msgsPerSec)}/s | ratio ${row.ratio} / ${row.batchRatio} / ${row.streamRatio}`,
     );
     return row;
   } finally {
@@ -278,26 +341,33 @@ function markdown(rows: Row[]): string {
           'gateway msgs/s',
           `gateway + AckMessages (${ACK_BATCH}/call) msgs/s`,
           'direct msgs/s',
+          'Subscribe (SDK) msgs/s',
           'gateway/direct',
           'with AckMessages/direct',
+          'Subscribe/direct',
           'gateway CPU µs/msg',
           'gateway CPU µs/msg with AckMessages',
+          'gateway CPU µs/msg on Subscribe',
           'target >= 85%',
         ],
         measured.map((r) => {
           const g = r.gateway as Drain;
           const d = r.direct as Drain;
           const gb = r.gatewayBatchAck as Drain;
+          const gs = r.gatewayStream as Drain;
           return [
             r.broker,
             fmt(g.msgsPerSec),
             fmt(gb.msgsPerSec),
             fmt(d.msgsPerSec),
+            fmt(gs.msgsPerSec),
             `${pct(g.msgsPerSec, d.msgsPerSec)}%`,
             `${pct(gb.msgsPerSec, d.msgsPerSec)}%`,
+            `${pct(gs.msgsPerSec, d.msgsPerSec)}%`,
             fmt((g.serverCpuMs * 1000) / g.messages, 1),
             fmt((gb.serverCpuMs * 1000) / gb.messages, 1),
-            `${verdict((r.ratio ?? 0) >= 0.85)} / with AckMessages ${verdict((r.batchRatio ?? 0) >= 0.85)}`,
+            fmt((gs.serverCpuMs * 1000) / gs.messages, 1),
+            `${verdict((r.ratio ?? 0) >= 0.85)} / with AckMessages ${verdict((r.batchRatio ?? 0) >= 0.85)} / Subscribe ${verdict((r.streamRatio ?? 0) >= 0.85)}`,
           ];
         }),
       ),

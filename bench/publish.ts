@@ -17,7 +17,7 @@ import {
   round,
   unary,
 } from './lib/load.js';
-import { type GatewayProcess, startGatewayProcess } from './lib/processes.js';
+import { type GatewayProcess, loadSdk, startGatewayProcess } from './lib/processes.js';
 import { type CpuWindow, NOISE_NOTE, pct, profileArgs, verdict, withCpu } from './lib/report.js';
 import { machineInfo, machineMarkdown, markdownTable, writeResults } from './lib/results.js';
 import { type BrokerKind, chosenBrokers, isTarget, resolveTarget, type Target } from './lib/targets.js';
@@ -34,6 +34,8 @@ const BODY = randomBytes(1024);
 /** SendMessages: messages per call and calls in flight (unary gRPC's per-call cost is the ceiling). */
 const BATCH_SIZE = 100;
 const BATCH_CONCURRENCY = 4;
+/** SDK sends in flight on the Publish stream. */
+const STREAM_WINDOW = 1000;
 
 interface Cell extends RunResult {
   cpu: CpuWindow;
@@ -51,6 +53,8 @@ interface BrokerRow {
     msgsPerSec: number;
     ratioToDirect64: number;
   };
+  /** The SDK's producer (the Publish stream) with STREAM_WINDOW sends in flight. */
+  stream?: { window: number; msgsPerSec: number; gatewayCpuUsPerMsg: number; ratioToDirect64: number };
 }
 
 function summarize(r: RunResult, cpu: CpuWindow): Cell {
@@ -136,6 +140,40 @@ async function measureBroker(target: Target): Promise<BrokerRow> {
       `${target.kind} batch ${BATCH_SIZE}x${BATCH_CONCURRENCY}: ${fmt(batch.msgsPerSec)} msgs/s, ` +
         `ratio to direct c=64 ${batch.ratioToDirect64}${b.errors > 0 ? ` | errors ${b.errors}: ${b.firstError}` : ''}`,
     );
+    // The streaming RPC as the SDK uses it: STREAM_WINDOW publishMessage calls in flight.
+    const sdk = await loadSdk();
+    const sdkClient = new sdk.MQClient({ grpcEndpoint: `127.0.0.1:${gateway.grpcPort}` });
+    let stream: BrokerRow['stream'];
+    try {
+      const sp = await sdkClient.getProducer('', topic);
+      await Promise.all(Array.from({ length: STREAM_WINDOW }, () => sp.publishMessage(BODY, 'bench')));
+      let sent = 0;
+      const deadline = Date.now() + DURATION_MS;
+      const t0 = performance.now();
+      const [, sCpu] = await withCpu(gwPid, () =>
+        Promise.all(
+          Array.from({ length: STREAM_WINDOW }, async () => {
+            while (Date.now() < deadline) {
+              await sp.publishMessage(BODY, 'bench');
+              sent++;
+            }
+          }),
+        ),
+      );
+      const msgsPerSec = (sent / (performance.now() - t0)) * 1000;
+      if (!sp.streaming) throw new Error('the SDK producer fell back to unary sends');
+      stream = {
+        window: STREAM_WINDOW,
+        msgsPerSec: round(msgsPerSec, 1),
+        gatewayCpuUsPerMsg: round((sCpu.serverCpuMs * 1000) / Math.max(1, sent), 1),
+        ratioToDirect64: round(msgsPerSec / direct64, 3),
+      };
+      console.log(
+        `${target.kind} SDK Publish stream (${STREAM_WINDOW} in flight): ${fmt(stream.msgsPerSec)} msgs/s, ratio to direct c=64 ${stream.ratioToDirect64}, gateway ${stream.gatewayCpuUsPerMsg} µs/msg`,
+      );
+    } finally {
+      await sdkClient.close();
+    }
     const openOpts = { ratePerSec: OPEN_RATE, durationMs: OPEN_MS, warmupMs: 1000 };
     const [og, ogCpu] = await withCpu(gwPid, () => openLoop(viaGateway, openOpts));
     const [od, odCpu] = await withCpu(undefined, () => openLoop(direct, openOpts));
@@ -150,7 +188,7 @@ async function measureBroker(target: Target): Promise<BrokerRow> {
       `${target.kind} open loop ${OPEN_RATE}/s: gateway p50 ${open.gateway.p50Ms} p99 ${open.gateway.p99Ms} ms | direct p50 ` +
         `${open.direct.p50Ms} p99 ${open.direct.p99Ms} ms | added p50 ${open.addedP50Ms} p99 ${open.addedP99Ms} ms`,
     );
-    return { broker: target.kind, closed, open, batch };
+    return { broker: target.kind, closed, open, batch, stream };
   } finally {
     client?.close();
     await h2?.close();
@@ -253,8 +291,27 @@ function markdown(rows: BrokerRow[]): string {
         '',
       );
     }
+    const st = r.stream;
+    if (st) {
+      out.push(
+        markdownTable(
+          ['streaming publish (SDK)', 'msgs/s', 'of direct c=64', 'gateway CPU µs/msg'],
+          [
+            [
+              `Publish stream, ${st.window} sends in flight`,
+              fmt(st.msgsPerSec),
+              `${round(st.ratioToDirect64 * 100, 1)}%`,
+              st.gatewayCpuUsPerMsg,
+            ],
+          ],
+        ),
+        '',
+      );
+    }
     const c64 = closed.find((c) => c.concurrency === 64);
     out.push(
+      `- Target: streaming publish (Publish through the SDK) >= 85% of direct: ${verdict(st ? st.ratioToDirect64 >= 0.85 : undefined)}` +
+        (st ? ` (${round(st.ratioToDirect64 * 100, 1)}%)` : ''),
       `- Target: publish >= 85% of direct at concurrency 64: ${verdict(c64 ? c64.ratio >= 0.85 : undefined)}` +
         (c64 ? ` (${pct(c64.gateway.opsPerSec, c64.direct.opsPerSec)}%)` : ''),
       `- Same target with the batch RPC (SendMessages): ${verdict(bt ? bt.ratioToDirect64 >= 0.85 : undefined)}` +

@@ -9,10 +9,10 @@
  * The gateway's CPU per message comes from /proc for its process.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import type { MQClient } from '../src/client/index.js';
 import { fmt, rawClient, round } from './lib/load.js';
-import { ROOT, startGatewayProcess, startTsServer } from './lib/processes.js';
+import { loadSdk, startGatewayProcess, startTsServer } from './lib/processes.js';
 import { NOISE_NOTE, pct, profileArgs, verdict, withCpu } from './lib/report.js';
 import { machineInfo, machineMarkdown, markdownTable, writeResults } from './lib/results.js';
 
@@ -129,11 +129,7 @@ export async function run(): Promise<void> {
     env: { BROKERS: 'memory://?maxTopicBytes=256MiB&maxBytes=512MiB' },
     nodeArgs: profileArgs(),
   });
-  // The SDK as users run it: the built JavaScript, not the TypeScript through tsx (whose helpers
-  // add a call per function created). startGatewayProcess has just built dist/ if it was stale.
-  const sdk = (await import(
-    pathToFileURL(`${ROOT}dist/client/index.js`).href
-  )) as typeof import('../src/client/index.js');
+  const sdk = await loadSdk();
   const client: MQClient = new sdk.MQClient({ grpcEndpoint: `127.0.0.1:${gw.grpcPort}` });
   const cells: Record<'ceiling' | 'publish' | 'consume', CellResult[]> = {
     ceiling: [],

@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 /**
@@ -249,4 +249,15 @@ export async function startTsServer(
       return closing;
     },
   };
+}
+
+/**
+ * The SDK as users run it: the built JavaScript in dist/ (rebuilt first if stale), not the
+ * TypeScript through tsx, whose helpers add a call to every function created.
+ */
+export async function loadSdk(): Promise<typeof import('../../src/client/index.js')> {
+  ensureBuilt();
+  return (await import(
+    pathToFileURL(join(ROOT, 'dist', 'client', 'index.js')).href
+  )) as typeof import('../../src/client/index.js');
 }

@@ -137,9 +137,12 @@ export class NatsSubscription implements Subscription {
   async #run(): Promise<void> {
     let failures = 0;
     const signal = this.#abort.signal;
+    // Pull only once a quarter of the window is free (or nothing is in flight): acks arrive one
+    // by one, and a pull per ack is a request and an iterator per message.
+    const lowWater = Math.max(1, Math.floor(this.#deps.maxInFlight / 4));
     while (!this.#closing) {
       const room = this.#deps.maxInFlight - this.#unsettled.size;
-      if (!this.#deps.connection.connected || room <= 0) {
+      if (!this.#deps.connection.connected || room <= 0 || (room < lowWater && this.#unsettled.size > 0)) {
         await this.#wake.wait(signal).catch(() => {});
         continue;
       }

@@ -12,7 +12,7 @@ import { PublishChannel } from '../../../src/client/publish-stream.js';
 import { Rpc } from '../../../src/client/rpc.js';
 import type { Gateway } from '../../../src/gateway/server.js';
 import { call, rawClient } from '../../support/gateway.js';
-import { eventually } from '../../support/leaks.js';
+import { eventually, withLeakCheck } from '../../support/leaks.js';
 import { ChildGateway, freePort, metric, Relay, startTestGateway, uniq, within } from './helpers.js';
 
 let gateway: Gateway;
@@ -101,6 +101,59 @@ test('for await with await m.ack(): 5,000 messages published on Publish and cons
   } finally {
     await client.close();
   }
+});
+
+test('an SDK client closed mid-stream (a Subscribe consumer iterating, a Publish producer sending) leaves no handle, and the gateway no stream, session or producer', async () => {
+  await withLeakCheck(async () => {
+    const client = new MQClient({ grpcEndpoint: `127.0.0.1:${gateway.grpcPort}` });
+    const topic = uniq('t');
+    const consumer = await client.getConsumer('', topic, uniq('g'), '*', { prefetch: 32 });
+    const producer = await client.getProducer('', topic);
+    let stop = false;
+    const sendErrors = new Set<string>();
+    const sending = (async () => {
+      for (let i = 0; !stop; i++) {
+        const batch = Array.from({ length: 20 }, (_, j) => producer.publishMessage(`m${i * 20 + j}`));
+        for (const r of await Promise.allSettled(batch)) {
+          if (r.status === 'rejected') {
+            sendErrors.add((r.reason as { code: string }).code);
+            stop = true;
+          }
+        }
+      }
+    })();
+    let n = 0;
+    const consuming = (async () => {
+      for await (const m of consumer) {
+        n++;
+        // Half acked, half left unacked: close must release those.
+        if (n % 2 === 0) await m.ack();
+      }
+    })();
+    await eventually(() => n >= 200, 'messages flowing both ways');
+    await eventually(
+      () => metric(gateway, 'active_streams') === 1 && metric(gateway, 'publish_streams') === 1,
+      'one Subscribe and one Publish stream on the gateway',
+    );
+    await client.close();
+    stop = true;
+    await sending;
+    await consuming;
+    // Sends cut short by the close fail with CLOSED, nothing else.
+    assert.deepEqual(
+      [...sendErrors].filter((c) => c !== 'CLOSED'),
+      [],
+    );
+    await eventually(
+      () =>
+        metric(gateway, 'active_streams') === 0 &&
+        metric(gateway, 'publish_streams') === 0 &&
+        metric(gateway, 'active_consumers') === 0 &&
+        metric(gateway, 'producer_handles') === 0 &&
+        metric(gateway, 'inflight_deliveries') === 0,
+      'nothing left on the gateway',
+    );
+  });
 });
 
 test('a dropped connection mid-stream: the consumer resumes its session on Subscribe and receives every message, the producer carries on over Publish', async () => {

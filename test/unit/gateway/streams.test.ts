@@ -37,6 +37,7 @@ import {
   type RawClient,
   type Received,
   rawClient,
+  receive,
   startTestGateway,
   type TestGateway,
 } from '../../support/gateway.js';
@@ -996,6 +997,10 @@ describe('Subscribe and Publish on memory://', () => {
       extra.push(s4);
       s4.write({ open: { consumer_id: consumerId }, credit: 1 });
       await expectEnd(s4, status.RESOURCE_EXHAUSTED, /MAX_STREAMS/);
+      const r4 = receive(g.client, consumerId);
+      await eventually(() => r4.ended, 'ReceiveMessages refused');
+      assert.equal(codeName(r4.error?.code ?? 0), 'RESOURCE_EXHAUSTED', r4.error?.details);
+      assert.match(r4.error?.details ?? '', /MAX_STREAMS/);
       await eventually(() => live(g).active_consumers === 2, 'no session left by the refused open frame');
 
       // A Publish stream ending frees its slot for a Subscribe.

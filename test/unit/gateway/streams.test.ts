@@ -1049,15 +1049,22 @@ describe('Subscribe and Publish on memory://', () => {
       });
       await eventually(() => live(g).messages_delivered === 1, 'the message written to the stream');
       const samples: number[] = [];
+      let stuckSamples = 0;
       while (Date.now() - t0 < STALL_MS - 400) {
         samples.push((await memoryNow()) - memBefore);
+        // Several ack timeouts pass while the stream is stuck, not yet stalled: nothing may be
+        // released for redelivery (the stall's own release counts too, so only before it).
+        const m = live(g);
+        if (m.streams_stalled === 0) {
+          stuckSamples++;
+          assert.equal(m.messages_redelivered, 0, 'redelivered per ack timeout while stuck');
+          assert.equal(m.inflight_deliveries, 1);
+        }
         await sleep(100);
       }
       const growth = Math.max(...samples);
       assert.ok(growth < 4 * MiB, `memory grew ${(growth / MiB).toFixed(1)} MiB for 1 MiB in transit`);
-      assert.equal(live(g).messages_redelivered, 0, 'redelivered per ack timeout while stuck');
-      assert.equal(live(g).streams_stalled, 0, 'stalled before STREAM_STALL_TIMEOUT');
-      assert.equal(live(g).inflight_deliveries, 1);
+      assert.ok(stuckSamples >= 3, `only ${stuckSamples} samples before the stall`);
 
       await eventually(() => live(g).streams_stalled === 1, 'the stream ended as stalled', STALL_MS + 5000);
       const stalledAfter = Date.now() - t0;

@@ -7,6 +7,14 @@ import { randomUUID } from 'node:crypto';
 import { type ChildGateway, startChildGateway } from './child-gateway.js';
 import { call, type RawClient, type Received, rawClient } from './gateway.js';
 import { eventually } from './leaks.js';
+import {
+  type Ended,
+  type PublishEntry,
+  type PublishStream,
+  publish,
+  type SubscribeStream,
+  subscribe,
+} from './streams.js';
 
 const keys = { endpoint: 'e', access_key_id: '', access_key_secret: '', instance_id: 'i' };
 
@@ -20,8 +28,18 @@ interface ScenarioOptions {
   timeoutScale?: number;
 }
 
+/** What the scenarios need of a consumer, whichever RPCs it uses. */
+interface ScenarioConsumer {
+  readonly received: Received[];
+  readonly reconnects: number;
+  start(): Promise<void>;
+  /** Ends the current stream as a client disconnect would; the consumer reattaches by itself. */
+  disconnect(): void;
+  stop(): Promise<void>;
+}
+
 /** A consumer that survives stream ends: reattaches, or re-creates its session when it is gone. */
-class ResilientConsumer {
+class ResilientConsumer implements ScenarioConsumer {
   readonly received: Received[] = [];
   consumerId = '';
   #stream: (NodeJS.EventEmitter & { cancel(): void }) | undefined;
@@ -126,11 +144,171 @@ class ResilientConsumer {
   }
 }
 
+/**
+ * ResilientConsumer on the streaming RPC: one Subscribe stream at a time on a CreateConsumer
+ * session, acking each delivery in-stream as it arrives and granting the same credit again in
+ * that frame. When the stream ends it reopens it on the same session, or on a new session when
+ * the gateway no longer knows the old one.
+ */
+class StreamingConsumer implements ScenarioConsumer {
+  readonly received: Received[] = [];
+  consumerId = '';
+  reconnects = 0;
+  #stream: SubscribeStream | undefined;
+  #stopped = false;
+  #reattaching: Promise<void> | undefined;
+
+  constructor(
+    private readonly client: () => RawClient,
+    private readonly topic: string,
+    private readonly group: string,
+    private readonly credit: number,
+  ) {}
+
+  async start(): Promise<void> {
+    await this.#create();
+    const r = await this.#open();
+    if (r !== 'attached') throw new Error(`Subscribe ended at once: ${r.code} ${r.details}`);
+  }
+
+  async #create(): Promise<void> {
+    this.consumerId = (
+      await call<{ consumer_id: string }>(this.client(), 'CreateConsumer', {
+        ...keys,
+        topic: this.topic,
+        group_id: this.group,
+      })
+    ).consumer_id;
+  }
+
+  /** Opens a stream on the session: 'attached' once the gateway names it, or how it ended. */
+  #open(): Promise<'attached' | Ended> {
+    const stream = subscribe(this.client(), undefined, (batch, s) => {
+      this.received.push(...batch);
+      s.ack(
+        batch.map((m) => m.receipt_handle),
+        batch.length,
+      );
+    });
+    this.#stream = stream;
+    return new Promise((resolve) => {
+      let attached = false;
+      stream.call.on('data', () => {
+        if (attached || stream.consumerId === '') return;
+        attached = true;
+        resolve('attached');
+      });
+      stream.call.once('status', () => {
+        // Status is set by the stream's own listener, registered first.
+        const ended = stream.status ?? { code: 2, details: 'no status' };
+        if (!attached) {
+          resolve(ended);
+          return;
+        }
+        if (this.#stream !== stream || this.#stopped) return;
+        this.#stream = undefined;
+        this.#reattaching ??= this.#reattach()
+          .catch(() => {})
+          .finally(() => {
+            this.#reattaching = undefined;
+          });
+      });
+      stream.write({ open: { consumer_id: this.consumerId }, credit: this.credit });
+    });
+  }
+
+  async #reattach(): Promise<void> {
+    this.reconnects++;
+    for (let attempt = 0; !this.#stopped; attempt++) {
+      await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** attempt)));
+      if (this.#stopped) return;
+      let r: 'attached' | Ended;
+      try {
+        r = await this.#open();
+      } catch {
+        continue;
+      }
+      if (r === 'attached') return;
+      // NOT_FOUND naming the consumer: the session is gone; make a new one and attach to it.
+      if (r.code === 5 && /consumer ".*" not found/.test(r.details)) {
+        await this.#create().catch(() => {});
+        attempt = -1;
+      }
+    }
+  }
+
+  disconnect(): void {
+    this.#stream?.cancel();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#stream?.cancel();
+    await this.#reattaching;
+    await call(this.client(), 'CleanupConsumer', { consumer_id: this.consumerId }).catch(() => {});
+  }
+}
+
+/** Sends one keyed message; resolves once the gateway reported it stored, rejects otherwise. */
+type KeyedSend = (body: string, key: string) => Promise<void>;
+
+/** SendOrderedMessage, one unary call per message. */
+function unarySend(client: RawClient, producerId: string): { send: KeyedSend; close(): void } {
+  return {
+    send: async (body, key) => {
+      await call(client, 'SendOrderedMessage', {
+        producer_id: producerId,
+        message_body: body,
+        sharding_key: key,
+      });
+    },
+    close() {},
+  };
+}
+
+/**
+ * Sends over a Publish stream: sends of one event-loop turn share a frame, each resolves with its
+ * own result. A send whose stream ends before its result fails; the next send opens a new stream.
+ */
+function streamSend(client: RawClient, producerId: string): { send: KeyedSend; close(): void } {
+  let stream: PublishStream | undefined;
+  const named = new WeakSet<PublishStream>();
+  let pending: { stream: PublishStream; messages: PublishEntry[] } | undefined;
+  let seq = 0;
+  const flush = (): void => {
+    if (!pending) return;
+    const { stream: s, messages } = pending;
+    pending = undefined;
+    // The first frame of each stream names the producer.
+    s.write(named.has(s) ? { messages } : { producer_id: producerId, messages });
+    named.add(s);
+  };
+  return {
+    send: async (body, key) => {
+      if (!stream || stream.ended) stream = publish(client);
+      const s = stream;
+      if (pending && pending.stream !== s) flush();
+      if (!pending) {
+        pending = { stream: s, messages: [] };
+        setImmediate(flush);
+      }
+      const sequence = String(++seq);
+      pending.messages.push({ sequence, message_body: body, sharding_key: key });
+      const r = await s.result(sequence);
+      if (!r) throw new Error(`the Publish stream ended before result ${sequence}: ${s.status?.details}`);
+      if (!r.success) throw new Error(`${r.code}: ${r.message}`);
+    },
+    close() {
+      stream?.end();
+    },
+  };
+}
+
 /** Publishes until the consumer sees one, so a new group's 'latest' position is fixed first. */
 async function warmUp(
   client: RawClient,
   producerId: string,
-  consumer: ResilientConsumer,
+  consumer: ScenarioConsumer,
   timeoutMs: number,
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -151,6 +329,11 @@ export interface NoLossOptions extends ScenarioOptions {
   restartBroker: () => Promise<void>;
   /** Whether first deliveries of each key must be in send order (ordered brokers). */
   checkOrder?: boolean;
+  /**
+   * The RPCs the clients use. 'unary' (the default): SendOrderedMessage, and ReceiveMessages with
+   * one AckMessage per delivery. 'streams': Publish, and Subscribe with in-stream acks.
+   */
+  via?: 'unary' | 'streams';
 }
 
 /**
@@ -169,7 +352,12 @@ export async function runGatewayNoLoss(
     60_000,
   );
   const client = rawClient(gw.grpcPort);
-  const consumer = new ResilientConsumer(() => client, o.topic, o.group, true);
+  const via = o.via ?? 'unary';
+  const consumer: ScenarioConsumer =
+    via === 'streams'
+      ? new StreamingConsumer(() => client, o.topic, o.group, 256)
+      : new ResilientConsumer(() => client, o.topic, o.group, true);
+  let sender: { send: KeyedSend; close(): void } | undefined;
   try {
     await consumer.start();
     const { producer_id } = await call<{ producer_id: string }>(client, 'CreateProducer', {
@@ -177,6 +365,8 @@ export async function runGatewayNoLoss(
       topic: o.topic,
     });
     await warmUp(client, producer_id, consumer, 60_000 * scale);
+    const publisher = via === 'streams' ? streamSend(client, producer_id) : unarySend(client, producer_id);
+    sender = publisher;
 
     const acknowledged = new Map<string, number[]>();
     let failed = 0;
@@ -191,11 +381,7 @@ export async function runGatewayNoLoss(
           // Keys belong to one worker each, so a key's sends are sequential: send order is defined.
           const key = `k${(w + workers * (i % Math.ceil(keyCount / workers))) % keyCount}`;
           try {
-            await call(client, 'SendOrderedMessage', {
-              producer_id,
-              message_body: `${key}:${n}`,
-              sharding_key: key,
-            });
+            await publisher.send(`${key}:${n}`, key);
             sent++;
             const list = acknowledged.get(key) ?? [];
             list.push(n);
@@ -257,11 +443,12 @@ export async function runGatewayNoLoss(
       }
     }
     console.log(
-      `no-loss through the gateway on ${o.brokerUrl}: ${sent} sends acknowledged, ${failed} failed during the outage, ` +
+      `no-loss through the gateway (${via}) on ${o.brokerUrl}: ${sent} sends acknowledged, ${failed} failed during the outage, ` +
         `${bodies.length} deliveries, ${duplicates} duplicates, ${consumer.reconnects} consumer reconnects`,
     );
     return { sent, failed, duplicates };
   } finally {
+    sender?.close();
     await consumer.stop().catch(() => {});
     client.close();
     await stopGateway(gw);

@@ -23,6 +23,19 @@ test('NATS: 10,000 messages through the gateway survive a nats-server restart an
   });
 });
 
+test('NATS over the streams: 10,000 messages published on Publish and consumed on Subscribe (in-stream acks) survive a nats-server restart and two consumer disconnects', async () => {
+  await runGatewayNoLoss({
+    brokerUrl: server.url,
+    topic: `gwnolossst${randomUUID().slice(0, 8)}`,
+    group: `gwnolossst${randomUUID().slice(0, 8)}`,
+    restartBroker: () => server.restart(),
+    // As above: JetStream redelivers after newer messages once a member disconnects.
+    checkOrder: false,
+    timeoutScale: 2,
+    via: 'streams',
+  });
+});
+
 test('NATS: SIGTERM of a gateway with unacked deliveries; a consumer of the next gateway receives them', async () => {
   await runSigtermRedelivery({
     brokerUrl: server.url,

@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { setLogger } from '@grpc/grpc-js';
 import { Command, Option } from 'commander';
 import { consumeCommand } from './cli/consume.js';
 import { healthCommand } from './cli/health.js';
@@ -9,9 +11,11 @@ import { createLogger } from './gateway/log.js';
 import { brokerRedactor } from './gateway/redact.js';
 import { Gateway } from './gateway/server.js';
 
-const program = new Command('mqgate').description(
-  'A message gateway: the RocketMQProxy gRPC service in front of an embedded broker, Kafka, RocketMQ 5 and NATS JetStream.',
-);
+const program = new Command('mqgate')
+  .description(
+    'A message gateway: the RocketMQProxy gRPC service in front of an embedded broker, Kafka, RocketMQ 5 and NATS JetStream.',
+  )
+  .version(packageVersion(), '-V, --version', 'print the version');
 
 const serve = program
   .command('serve')
@@ -42,6 +46,7 @@ serve.action(async (opts: Record<string, string | boolean>) => {
   }
   const redactor = brokerRedactor(config.brokers.map((b) => b.url));
   const log = createLogger(config.logLevel, redactor);
+  routeGrpcLogs(log);
   const gateway = new Gateway({ config, logger: log });
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -69,11 +74,34 @@ serve.action(async (opts: Record<string, string | boolean>) => {
   try {
     await gateway.start();
   } catch (err) {
-    log.fatal({ err }, 'start-up failed');
+    // One line for the operator; the stack only when debugging.
+    log.debug({ err }, 'start-up failed');
     console.error(`mqgate: ${redactor.scrub(isMqError(err) ? err.message : String(err))}`);
     process.exit(1);
   }
 });
+
+/** The version in package.json, which ships beside dist/ and src/. */
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
+/**
+ * grpc-js writes its own lines to stderr ("E 2026-... | server | ..."); they go through the
+ * gateway's logger instead, at the level their first letter gives.
+ */
+function routeGrpcLogs(log: ReturnType<typeof createLogger>): void {
+  setLogger({
+    error: (...args: unknown[]) => {
+      const text = args.map(String).join(' ');
+      const level = text.startsWith('E ') ? 'error' : text.startsWith('W ') ? 'warn' : 'debug';
+      log[level]({ source: 'grpc-js' }, text.replace(/^[EWID] \S+ \| /, ''));
+    },
+  });
+}
 
 program.addCommand(publishCommand());
 program.addCommand(consumeCommand());

@@ -1,4 +1,7 @@
 import type { Message, OutgoingMessage } from '../core/message.js';
+import type { StartPosition } from './start.js';
+
+export type { StartPosition } from './start.js';
 
 /**
  * The one contract every broker adapter implements. Nothing above this file imports a broker
@@ -59,8 +62,12 @@ export interface SubscribeOptions {
   maxInFlight?: number | undefined;
   /** Hold back a key's next message until the previous one is settled (where supported). */
   ordered?: boolean | undefined;
-  /** Where a group seen for the first time starts: 'latest' (default) or 'earliest'. */
-  start?: 'latest' | 'earliest' | undefined;
+  /**
+   * Where a group seen for the first time starts: 'latest' (default), 'earliest', or the first
+   * message published at or after a time (epoch ms). A broker that cannot start somewhere refuses
+   * with UNSUPPORTED naming itself, never silently starting elsewhere.
+   */
+  start?: StartPosition | undefined;
   /** An unsettled delivery is redelivered after this long. */
   ackTimeoutMs?: number | undefined;
   credentials?: Credentials | undefined;

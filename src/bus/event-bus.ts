@@ -4,10 +4,11 @@ import type {
   Delivery,
   HealthStatus,
   Producer,
+  StartPosition,
   Subscription,
 } from '../brokers/broker.js';
 import { openBroker } from '../brokers/index.js';
-import { ClosedError, InvalidArgumentError, isMqError } from '../core/errors.js';
+import { ClosedError, checkOptionNames, InvalidArgumentError, isMqError } from '../core/errors.js';
 import { closeAll } from '../core/lifecycle.js';
 import { bodyText, type Message, type OutgoingMessage } from '../core/message.js';
 import { decodeEnvelope, type Envelope, validateEnvelope } from './envelope.js';
@@ -87,8 +88,11 @@ export interface BusSubscribeOptions {
   deadLetter?: string | undefined;
   /** Tag expression, `*` (default) or `a||b`. */
   filter?: string | undefined;
-  /** Where a new group starts. Default 'latest'. */
-  start?: 'latest' | 'earliest' | undefined;
+  /**
+   * Where a group seen for the first time starts: 'latest' (the default: what is published after
+   * it subscribes), 'earliest' (everything the broker still keeps), or a time in epoch ms.
+   */
+  start?: StartPosition | undefined;
   /** A delivery not settled within this time is redelivered. Default: the broker's. */
   ackTimeoutMs?: number | undefined;
 }
@@ -145,7 +149,22 @@ export interface EventBus extends AsyncDisposable {
 }
 
 /** Opens an event bus over a broker instance or URL. */
+const BUS_OPTIONS = ['broker', 'onError'] as const;
+const PUBLISH_OPTIONS = ['key', 'tag', 'properties', 'deliverAt'] as const;
+const SUBSCRIBE_OPTIONS = [
+  'group',
+  'concurrency',
+  'ordered',
+  'maxAttempts',
+  'backoff',
+  'deadLetter',
+  'filter',
+  'start',
+  'ackTimeoutMs',
+] as const;
+
 export async function createEventBus(options: EventBusOptions): Promise<EventBus> {
+  checkOptionNames(options, BUS_OPTIONS, 'createEventBus');
   if (typeof options.broker === 'string') {
     const broker = await openBroker(options.broker);
     return new LaneEventBus(broker, true, options.onError);
@@ -437,6 +456,7 @@ class LaneEventBus implements EventBus {
   publish(topic: string, payload: Payload, options: PublishOptions = {}): Promise<{ messageId: string }> {
     try {
       topicName('topic', topic);
+      checkOptionNames(options, PUBLISH_OPTIONS, 'publish');
       const { body, properties } = encodePayload(payload, options.properties);
       return this.#send(topic, {
         body,
@@ -589,6 +609,7 @@ class LaneEventBus implements EventBus {
     if (this.#state !== 'open') throw this.#closedError();
     topicName('topic', topic);
     if (typeof handler !== 'function') throw new InvalidArgumentError('handler must be a function');
+    checkOptionNames(options, SUBSCRIBE_OPTIONS, 'subscribe');
     const group = topicName('group', options.group ?? 'mqgate-bus');
     const concurrency = positiveInt('concurrency', options.concurrency, 16);
     const maxAttempts = positiveInt('maxAttempts', options.maxAttempts, 5);

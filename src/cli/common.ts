@@ -64,7 +64,9 @@ export class Progress {
 
   constructor(label: string) {
     this.#label = label;
-    if (process.stderr.isTTY) {
+    // Only when the output goes elsewhere: on a terminal shared with stdout, the redrawn line
+    // would run into the printed messages.
+    if (process.stderr.isTTY && !process.stdout.isTTY) {
       this.#timer = setInterval(() => this.#draw(), 1000);
       this.#timer.unref();
     }
@@ -91,6 +93,14 @@ export class Progress {
     this.#lastCount = this.#count;
     process.stderr.write(`\r\x1b[K${this.#count} messages ${this.#label}, ${rate.toFixed(0)}/s`);
   }
+}
+
+/** Refuses to go on without an option that is required (after commander's unknown-option check). */
+export function requireFlag(value: string | undefined, flag: string): string {
+  if (value === undefined || value === '') {
+    throw new Error(`required option '${flag}' not specified`);
+  }
+  return value;
 }
 
 /**

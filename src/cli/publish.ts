@@ -8,11 +8,12 @@ import {
   clientFrom,
   onStopSignal,
   Progress,
+  requireFlag,
   writeOut,
 } from './common.js';
 
 interface PublishFlags extends ConnectionFlags {
-  topic: string;
+  topic?: string;
   tag?: string;
   key?: string;
   shardingKey?: string;
@@ -30,7 +31,8 @@ const IN_FLIGHT = 1000;
 export function publishCommand(): Command {
   const cmd = new Command('publish')
     .description('Publish --body, or each line of stdin, to a topic through the gateway; prints message ids.')
-    .requiredOption('--topic <topic>', 'topic to publish to')
+    // Checked in the action, so that a misspelt option is reported as unknown first.
+    .option('--topic <topic>', 'topic to publish to (required)')
     .option('--tag <tag>', 'message tag')
     .option('--key <key>', 'message key (business key for look-ups)')
     .option('--sharding-key <key>', 'ordering key: same key, same order (SendOrderedMessage)')
@@ -39,6 +41,7 @@ export function publishCommand(): Command {
     .addOption(new Option('--body <text>', 'message body; without it stdin is read, one message per line'));
   addConnectionOptions(cmd);
   cmd.action(async (flags: PublishFlags) => {
+    const topic = requireFlag(flags.topic, '--topic <topic>');
     const props = new MessageProperties();
     for (const p of flags.property) {
       const i = p.indexOf('=');
@@ -56,12 +59,17 @@ export function publishCommand(): Command {
     const removeSignals = onStopSignal(() => stop.abort());
     const progress = new Progress('published');
     try {
-      const producer = await client.getProducer(flags.instanceId, flags.topic, { signal: stop.signal });
+      const producer = await client.getProducer(flags.instanceId, topic, { signal: stop.signal });
       const send = (body: string): Promise<SendResult> =>
         publishOne(producer, body, flags, props, delayMs, stop.signal);
       if (flags.body !== undefined) {
         await writeOut(`${(await send(flags.body)).messageId}\n`);
         return;
+      }
+      if (process.stdin.isTTY) {
+        process.stderr.write(
+          `publishing each line you type to "${topic}"; end with Ctrl-D (or pass --body)\n`,
+        );
       }
       const lines = createInterface({ input: process.stdin, crlfDelay: Number.POSITIVE_INFINITY });
       stop.signal.addEventListener('abort', () => lines.close(), { once: true });
@@ -83,6 +91,11 @@ export function publishCommand(): Command {
           if (pending.length >= IN_FLIGHT) await printOldest();
         }
         while (pending.length > 0) await printOldest();
+        if (progress.count === 0 && !stop.signal.aborted) {
+          process.stderr.write(
+            'mqgate: stdin had no lines: nothing was published (pass --body, or pipe lines in)\n',
+          );
+        }
       } finally {
         lines.close();
       }

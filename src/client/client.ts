@@ -1,6 +1,6 @@
 import { setMaxListeners } from 'node:events';
 import type { ChannelOptions } from '@grpc/grpc-js';
-import { ClosedError, InvalidArgumentError } from '../core/errors.js';
+import { ClosedError, checkOptionNames, InvalidArgumentError } from '../core/errors.js';
 import { closeAll } from '../core/lifecycle.js';
 import { Consumer, type ConsumerOptions } from './consumer.js';
 import { Producer } from './producer.js';
@@ -32,6 +32,19 @@ export interface MQClientOptions {
   channelOptions?: ChannelOptions;
 }
 
+const CLIENT_OPTIONS = [
+  'endpoint',
+  'accessKeyId',
+  'accessKeySecret',
+  'instanceId',
+  'grpcEndpoint',
+  'token',
+  'tls',
+  'callTimeoutMs',
+  'retry',
+  'channelOptions',
+] as const;
+
 export interface HealthStatus {
   healthy: boolean;
   message: string;
@@ -56,6 +69,7 @@ export class MQClient {
   #closePromise: Promise<void> | undefined;
 
   constructor(options: MQClientOptions = {}) {
+    checkOptionNames(options, CLIENT_OPTIONS, 'MQClient');
     // Every call in flight listens on this signal; many concurrent sends are normal, not a leak.
     setMaxListeners(0, this.#closing.signal);
     this.endpoint = options.endpoint ?? '';
@@ -91,6 +105,7 @@ export class MQClient {
     options: { signal?: AbortSignal } = {},
   ): Promise<Producer> {
     this.#assertOpen('getProducer');
+    checkOptionNames(options, ['signal'], 'getProducer');
     const producer = await Producer.create(
       {
         rpc: this.#rpc,

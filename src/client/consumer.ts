@@ -6,7 +6,7 @@ import {
   type StatusObject,
 } from '@grpc/grpc-js';
 import { BoundedMap } from '../core/bounded.js';
-import { ClosedError, InvalidArgumentError, MqError, toMqError } from '../core/errors.js';
+import { ClosedError, checkOptionNames, InvalidArgumentError, MqError, toMqError } from '../core/errors.js';
 import { AsyncQueue, delay, Notifier } from '../core/lifecycle.js';
 import { type AckTarget, ReceivedMessage } from './message.js';
 import {
@@ -52,13 +52,32 @@ export interface ConsumerOptions {
   reconnect?: BackoffOptions;
   /** How long close() waits for running handlers. Default 10 s. */
   closeTimeoutMs?: number;
+  /**
+   * Where the group starts when the gateway has never seen it: 'latest' (the default: messages
+   * published after the consumer is created), 'earliest' (all the broker still keeps), or a time.
+   * A group that already has a position keeps it.
+   */
+  start?: 'latest' | 'earliest' | Date | number;
 }
+
+const CONSUMER_OPTIONS = [
+  'concurrency',
+  'autoAck',
+  'nackDelayMs',
+  'prefetch',
+  'onError',
+  'reconnect',
+  'closeTimeoutMs',
+  'start',
+  'signal',
+] as const;
 
 /** Lifecycle events, emitted as 'status'. */
 export type ConsumerStatus =
   | { type: 'disconnected'; error: MqError }
   | { type: 'reconnecting'; attempt: number; delayMs: number; error: MqError }
   | { type: 'session-created'; consumerId: string; previousId: string }
+  | { type: 'reconnected'; consumerId: string }
   | { type: 'ack-lost'; messageId: string }
   | { type: 'failed'; error: MqError }
   | { type: 'closed' };
@@ -82,6 +101,8 @@ interface CreateInput {
   topic: string;
   groupId: string;
   tagExpression: string;
+  /** The wire form of ConsumerOptions.start ('' for the default). */
+  start?: string;
 }
 
 /** An ack that failed because the stream the message came on ended: the gateway redelivers it. */
@@ -136,6 +157,8 @@ export class Consumer
   implements AckTarget, AsyncIterable<ReceivedMessage>
 {
   readonly instanceId: string;
+  /** The wire start position, used again if the session has to be re-created. */
+  readonly #startAt: string;
   readonly topic: string;
   readonly groupId: string;
   readonly tagExpression: string;
@@ -154,6 +177,8 @@ export class Consumer
   #call: ClientReadableStream<WireMessage> | undefined;
   /** False once the gateway answered Subscribe with UNIMPLEMENTED. */
   #streaming = true;
+  /** An outage was reported and no stream has received anything since. */
+  #disconnected = false;
   #sub: SubscribeStream | undefined;
   /** Receipt handle -> message id of recent acks, to name a message whose ack was refused. */
   readonly #recentAcks = new BoundedMap<string, string>(RECENT_ACKS);
@@ -178,6 +203,7 @@ export class Consumer
     setMaxListeners(0, this.#closing.signal);
     this.#ctx = ctx;
     this.instanceId = input.instanceId;
+    this.#startAt = input.start ?? '';
     this.topic = input.topic;
     this.groupId = input.groupId;
     this.tagExpression = input.tagExpression;
@@ -199,8 +225,9 @@ export class Consumer
     signal: AbortSignal | undefined,
   ): Promise<Consumer> {
     checkOptions(options);
-    const id = await createSession(ctx, input, signal);
-    return new Consumer(ctx, input, options, id);
+    const withStart = { ...input, start: startText(options.start) };
+    const id = await createSession(ctx, withStart, signal);
+    return new Consumer(ctx, withStart, options, id);
   }
 
   /** The gateway's id for the current session (changes when the session is re-created). */
@@ -520,7 +547,21 @@ export class Consumer
       if (needSession) {
         try {
           const previousId = this.#consumerId;
-          this.#consumerId = await createSession(this.#ctx, this, signal);
+          this.#consumerId = await createSession(
+            this.#ctx,
+            {
+              instanceId: this.instanceId,
+              topic: this.topic,
+              groupId: this.groupId,
+              tagExpression: this.tagExpression,
+              // The gateway lost the session (it restarted): a durable broker still knows the
+              // group's position, so this start does not apply there; a broker that lost the
+              // group too (the embedded one) gets everything it kept since, which is what was
+              // published while this consumer was away.
+              start: this.#startAt === '' || this.#startAt === 'latest' ? 'earliest' : this.#startAt,
+            },
+            signal,
+          );
           needSession = false;
           created = true;
           this.emit('status', { type: 'session-created', consumerId: this.#consumerId, previousId });
@@ -546,7 +587,10 @@ export class Consumer
           ? new MqError('NOT_FOUND', 'the gateway ended the stream: the consumer session was closed')
           : fromStatus('ReceiveMessages', status.code, status.details, this.#ctx.rpc.address);
       // One 'disconnected' per outage; the failed attempts after it show as 'reconnecting'.
-      if (attempt === 0) this.emit('status', { type: 'disconnected', error: e });
+      if (attempt === 0) {
+        this.#disconnected = true;
+        this.emit('status', { type: 'disconnected', error: e });
+      }
       if (e.code === 'NOT_FOUND') {
         // The gateway no longer holds the session (restart, cleanup, expiry): start a new one. It
         // answered, so it is up: no wait, unless a session made a moment ago is already gone.
@@ -625,6 +669,7 @@ export class Consumer
     return new Promise((resolve) => {
       call.on('data', (frame: WireSubscribeResponse) => {
         gotData = true;
+        this.#reconnected();
         if (this.#queue.ended || this.#generation !== generation) return;
         for (const wire of frame.messages ?? []) {
           sub.delivered.set(wire.receipt_handle, wire.message_id);
@@ -639,6 +684,12 @@ export class Consumer
         resolve({ status, gotData });
       });
     });
+  }
+
+  #reconnected(): void {
+    if (!this.#disconnected) return;
+    this.#disconnected = false;
+    this.emit('status', { type: 'reconnected', consumerId: this.#consumerId });
   }
 
   #settleFailed(f: WireHandleFailure): void {
@@ -676,6 +727,7 @@ export class Consumer
     return new Promise((resolve) => {
       call.on('data', (wire: WireMessage) => {
         gotData = true;
+        this.#reconnected();
         if (this.#queue.ended || this.#generation !== generation) return;
         this.#queue.push(new ReceivedMessage(wire, this, consumerId, generation));
         if (this.#queue.size >= this.#prefetch && !this.#paused) {
@@ -723,6 +775,7 @@ function reconnectBackoff(o: ConsumerOptions): ResolvedBackoff {
 }
 
 function checkOptions(o: ConsumerOptions): void {
+  checkOptionNames(o, CONSUMER_OPTIONS, 'getConsumer');
   reconnectBackoff(o);
   const positiveInt = (v: number | undefined, name: string): void => {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 1)) {
@@ -739,6 +792,18 @@ function checkOptions(o: ConsumerOptions): void {
   }
 }
 
+function startText(start: ConsumerOptions['start']): string {
+  if (start === undefined) return '';
+  if (start === 'latest' || start === 'earliest') return start;
+  const ms = start instanceof Date ? start.getTime() : start;
+  if (!Number.isSafeInteger(ms) || ms < 0) {
+    throw new InvalidArgumentError(
+      `start must be 'latest', 'earliest', a Date or epoch ms, got ${String(start)}`,
+    );
+  }
+  return String(ms);
+}
+
 async function createSession(
   ctx: ConsumerContext,
   input: CreateInput,
@@ -752,6 +817,7 @@ async function createSession(
     topic: input.topic,
     group_id: input.groupId,
     tag_expression: input.tagExpression,
+    start: input.start ?? '',
   };
   return retrying(ctx.retry, signal, async () => {
     const res = await ctx.rpc.unary<WireCreateConsumerResponse>('CreateConsumer', req, { signal });

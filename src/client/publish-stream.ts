@@ -34,6 +34,8 @@ interface Pending {
   readonly resolve: (r: PublishOutcome) => void;
   readonly reject: (e: MqError) => void;
   readonly at: number;
+  /** The stream the send was written to; undefined while it waits in the queue. */
+  call?: object | undefined;
 }
 
 /** The gateway has no Publish RPC (an older mqgate, or another RocketMQProxy server). */
@@ -160,24 +162,20 @@ export class PublishChannel {
     });
     call.on('error', () => {});
     call.once('status', (st: { code: number; details: string }) => {
-      if (this.#call === call) {
-        this.#call = undefined;
-        this.#stopWatchdog();
-      }
+      const current = this.#call === call;
+      if (current) this.#call = undefined;
+      let err: MqError;
       if (st.code === Status.OK) {
-        this.#failAll(
-          new MqError('UNAVAILABLE', 'the Publish stream ended before these sends had results', {
-            retryable: true,
-          }),
-        );
-        return;
-      }
-      if (st.code === Status.UNIMPLEMENTED) {
+        err = new MqError('UNAVAILABLE', 'the Publish stream ended before these sends had results', {
+          retryable: true,
+        });
+      } else if (st.code === Status.UNIMPLEMENTED) {
         this.#unsupported = true;
-        this.#failAll(new PublishUnsupportedError());
-        return;
-      }
-      this.#failAll(fromStatus('Publish', st.code, st.details, this.#rpc.address));
+        err = new PublishUnsupportedError();
+      } else err = fromStatus('Publish', st.code, st.details, this.#rpc.address);
+      // Only this stream's sends fail (and, if it was the current one, those still queued for
+      // it): an older stream ending after the producer moved to a new handle touches nothing else.
+      this.#failStream(call, current || this.#unsupported, err);
     });
   }
 
@@ -207,6 +205,10 @@ export class PublishChannel {
         .filter((q) => this.#pending.has((q.entry as { sequence: string }).sequence))
         .map((q) => q.entry);
       if (messages.length === 0) continue;
+      for (const m of messages) {
+        const p = this.#pending.get((m as { sequence: string }).sequence);
+        if (p) p.call = call;
+      }
       const frame = this.#first ? { producer_id: this.#producerId, messages } : { messages };
       this.#first = false;
       this.#writable = call.write(frame);
@@ -232,6 +234,17 @@ export class PublishChannel {
         code === 'UNAVAILABLE',
       ),
     );
+    if (this.#pending.size === 0) this.#stopWatchdog();
+  }
+
+  #failStream(call: object, andQueued: boolean, err: MqError): void {
+    if (andQueued) this.#queue = [];
+    for (const [seq, p] of this.#pending) {
+      if (p.call === call || (andQueued && p.call === undefined)) {
+        this.#pending.delete(seq);
+        p.reject(err);
+      }
+    }
     if (this.#pending.size === 0) this.#stopWatchdog();
   }
 

@@ -128,7 +128,11 @@ export function fromStatus(
     errCode = CODE_BY_STATUS[code as Status] ?? 'INTERNAL';
     text = details || Status[code] || `status ${code}`;
     if (code === Status.UNAVAILABLE) {
-      text = `cannot reach the mqgate gateway at ${address} (${text}); is it running?`;
+      // grpc-js appends an often empty "Resolution note: " to connection failures.
+      const why = text
+        .replace(/\.?\s*Resolution note:.*$/s, '')
+        .replace(/^No connection established\. Last error: /, '');
+      text = `cannot reach the mqgate gateway at ${address} (${why}); is it running?`;
     }
   }
   const retryable =

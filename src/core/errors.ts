@@ -136,3 +136,18 @@ export function quoteInput(value: unknown, max = 40): string {
 export function abortError(signal: AbortSignal, what: string): MqError {
   return new MqError('ABORTED', `${what} was aborted`, { cause: signal.reason });
 }
+
+/**
+ * Refuses an options object with a key the callee does not know, naming it: a misspelt option
+ * (`{ grop: 'x' }`) that is silently ignored does something the caller did not ask for.
+ */
+export function checkOptionNames(options: object | undefined, known: readonly string[], what: string): void {
+  if (options === undefined || options === null) return;
+  for (const key of Object.keys(options)) {
+    if (!known.includes(key)) {
+      throw new InvalidArgumentError(
+        `unknown option ${quoteInput(key)} for ${what}; the options are: ${known.join(', ')}`,
+      );
+    }
+  }
+}

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Delivery, Subscription } from '../brokers/broker.js';
+import type { Delivery, StartPosition, Subscription } from '../brokers/broker.js';
 import { BoundedMap } from '../core/bounded.js';
 import { MqError, NotFoundError, quoteInput } from '../core/errors.js';
 import { closeAll, Notifier } from '../core/lifecycle.js';
@@ -143,7 +143,7 @@ export interface SessionInput {
   group: string;
   tagExpression: string;
   /** Where a group seen for the first time starts. */
-  start?: 'latest' | 'earliest' | undefined;
+  start?: StartPosition | undefined;
 }
 
 /** One consumer session: its broker subscription, its unacked deliveries and its stream. */
@@ -326,6 +326,10 @@ export class Session implements Owned {
     const carry = this.#carry;
     this.#carry = undefined;
     if (carry) this.#release(carry, false);
+    // The pending pull often completes in the same turn, with a delivery the detach just gave
+    // back; let it arrive and go back uncounted (#detach arranged that) before the subscription
+    // closes, or closing would count it as an attempt the client never saw.
+    if (this.#pendingNext) await new Promise((resolve) => setImmediate(resolve));
     await closeAll([() => this.subscription.close(), () => this.#pump]);
   }
 
@@ -356,8 +360,8 @@ export class Session implements Owned {
       if (first === undefined) {
         this.#pendingNext ??= this.#iterator.next();
         const r = await Promise.race([this.#pendingNext, a.detached]);
-        // On detach the pending pull stays with the session: the next stream picks it up, so no
-        // delivery is orphaned and the broker is not asked twice.
+        // On detach the pending pull stays with the session (the broker is not asked twice),
+        // but whatever it brings while no stream is attached goes straight back (#detach).
         if (r === DETACHED) return;
         this.#pendingNext = undefined;
         if (r.done) {
@@ -459,7 +463,32 @@ export class Session implements Owned {
       if (!e.settling) this.#release(e, e.flushedAt !== 0);
     }
     this.inFlight.clear();
+    // Nothing stays with a session that has no stream: the group's other members may take it.
+    const carry = this.#carry;
+    this.#carry = undefined;
+    if (carry) this.#release(carry, false);
+    this.#returnWhatThePendingPullBrings();
     this.#room.notifyAll();
+  }
+
+  /**
+   * The pull left pending by a stream that ended resolves later, often with a delivery released
+   * by that very stream. While no stream is attached it goes back to the group at once,
+   * uncounted (no client saw it), instead of waiting with a session nobody reads.
+   */
+  #returnWhatThePendingPullBrings(): void {
+    const pending = this.#pendingNext;
+    if (!pending) return;
+    pending.then(
+      (r) => {
+        if (this.#pendingNext !== pending || this.#attachment !== undefined) return;
+        this.#pendingNext = undefined;
+        if (!r.done) this.#release(r.value, false);
+      },
+      () => {
+        if (this.#pendingNext === pending) this.#pendingNext = undefined;
+      },
+    );
   }
 
   #release(e: InFlight | Delivery, attempted: boolean): void {

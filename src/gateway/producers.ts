@@ -154,6 +154,9 @@ export class ProducerRegistry {
 
   /** Runs `fn` with the handle's broker producer, reopening it if it was closed while idle. */
   async use<T>(handle: ProducerHandle, fn: (p: Producer) => Promise<T>): Promise<T> {
+    // A handle released (or expired) while a stream still holds it must not reopen a broker
+    // producer that no registry tracks.
+    if (this.#handles.find(handle.id, handle.owner) !== handle) throw notFound(handle.id);
     const s = handle.shared;
     const now = Date.now();
     handle.lastUsed = now;

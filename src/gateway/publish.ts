@@ -125,6 +125,11 @@ export class PublishStreams {
         },
       };
       this.#streams.add(stream);
+      // grpc-js reads ahead up to its stream's high-water mark, 16 frames in object mode, and
+      // pause() only stops the 'data' events: 16 frames of MAX_BATCH_BYTES would pass the window.
+      // With a mark of one frame, a paused stream takes at most that one off the connection.
+      const readable = (call as unknown as { _readableState?: { highWaterMark?: number } })._readableState;
+      if (readable && typeof readable.highWaterMark === 'number') readable.highWaterMark = 1;
 
       const forget = (): void => {
         if (!this.#streams.delete(stream)) return;

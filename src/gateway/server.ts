@@ -324,6 +324,8 @@ export class Gateway {
           })),
       () => this.metrics.stop(),
     ]);
+    // A gateway that never started has nothing to report.
+    if (this.#grpcPort === 0) return;
     const m = this.metrics.json();
     this.log.info(
       {

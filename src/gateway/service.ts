@@ -6,6 +6,7 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import type { PreparedTransaction } from '../brokers/broker.js';
+import { parseStart } from '../brokers/start.js';
 import { InvalidArgumentError, type MqError } from '../core/errors.js';
 import type { OutgoingMessage } from '../core/message.js';
 import { parseTagExpression } from '../core/tags.js';
@@ -23,7 +24,7 @@ import { PublishStreams } from './publish.js';
 import type { Redactor } from './redact.js';
 import type { BrokerRouter } from './routing.js';
 import type { StatusMapper } from './status.js';
-import { startOf, subscribeHandler } from './subscribe.js';
+import { subscribeHandler } from './subscribe.js';
 import type { TransactionRegistry } from './transactions.js';
 import { atMost, bounded, checkName, LIMITS, nonNegativeInt, requireId } from './validate.js';
 import type {
@@ -200,10 +201,7 @@ export function createService(deps: ServiceDeps): Service {
   }
 
   /** A session for a topic, group and filter, with the permission checks of CreateConsumer. */
-  async function createSession(
-    req: WireCreateRequest & { start?: 'latest' | 'earliest' | undefined },
-    ctx: CallContext,
-  ): Promise<Session> {
+  async function createSession(req: WireCreateRequest, ctx: CallContext): Promise<Session> {
     const topic = checkName(req.topic, 'topic');
     const group = checkName(req.group_id, 'group_id');
     allow(ctx, 'consume', topic);
@@ -214,7 +212,7 @@ export function createService(deps: ServiceDeps): Service {
       topic,
       group,
       tagExpression: filter.expression,
-      start: req.start,
+      start: parseStart(bounded(req.start, 'start', 64)),
     });
   }
 
@@ -236,7 +234,7 @@ export function createService(deps: ServiceDeps): Service {
       log,
       cutConnection: deps.cutConnection,
       transportBytes: deps.transportBytes,
-      createSession: (open, ctx) => createSession({ ...open, start: startOf(open) }, ctx),
+      createSession: (open, ctx) => createSession(open, ctx),
     }),
 
     Publish: publishStreams.handler(),

@@ -1,5 +1,5 @@
 import type { ServerDuplexStream } from '@grpc/grpc-js';
-import { InvalidArgumentError, MqError, toMqError } from '../core/errors.js';
+import { InvalidArgumentError, toMqError } from '../core/errors.js';
 import { type CallContext, callContext } from './calls.js';
 import type { GatewayConfig } from './config.js';
 import type { ConsumerRegistry, DeliverySink, Session } from './consumers.js';
@@ -198,14 +198,14 @@ export function subscribeHandler(
         opened = true;
         // Frames behind the open frame wait until the session exists.
         call.pause();
-        open(frame.open).then(
-          () => {
+        open(frame.open)
+          .then(() => {
             if (ended) return;
+            // The open frame's own credit and acks are checked like any frame's.
             apply(frame);
             call.resume();
-          },
-          (err) => finish(err),
-        );
+          })
+          .catch((err: unknown) => finish(err));
       } catch (err) {
         finish(err);
       }
@@ -221,15 +221,4 @@ export function subscribeHandler(
     call.once('cancelled', gone);
     call.once('close', gone);
   };
-}
-
-/** Parses an open frame's start position. */
-export function startOf(o: WireSubscribeOpen): 'latest' | 'earliest' | undefined {
-  const s = (o.start ?? '').trim();
-  if (s === '' || s === 'latest') return s === '' ? undefined : 'latest';
-  if (s === 'earliest') return 'earliest';
-  throw new MqError(
-    'INVALID_ARGUMENT',
-    `start must be "latest" or "earliest", got ${JSON.stringify(s.slice(0, 40))}`,
-  );
 }

@@ -28,6 +28,7 @@ export interface WireCreateRequest {
   topic?: string;
   group_id?: string;
   tag_expression?: string;
+  start?: string;
 }
 
 export interface WireCleanupRequest {

@@ -40,8 +40,13 @@ import {
   varint,
 } from './helpers.js';
 
-/** Longest stall allowed while hostile requests are handled. */
-const MAX_STALL_MS = 200;
+/**
+ * Longest stall allowed while hostile requests are handled. Decoding them stalled the gateway
+ * 1.1-5.6 s; receiving four 7 MiB requests without decoding costs well under 100 ms alone, but
+ * tests share 2 cores with other test files, so the bound leaves room for that noise while still
+ * failing any request that gets decoded (the precise figures are in `npm run bench -- hostile`).
+ */
+const MAX_STALL_MS = 600;
 
 const report: string[] = [];
 

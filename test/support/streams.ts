@@ -87,6 +87,12 @@ export class SubscribeStream {
         this.failures.push(...frame.failures);
       }
       if (frame.messages.length > 0) {
+        // Subscribe sends every body as bytes (message_body empty); the tests read the text.
+        for (const m of frame.messages) {
+          if (m.message_body === '' && m.message_body_bytes.length > 0) {
+            m.message_body = Buffer.from(m.message_body_bytes).toString('utf8');
+          }
+        }
         this.batches.push(frame.messages.length);
         this.messages.push(...frame.messages);
         onMessages?.(frame.messages, this);

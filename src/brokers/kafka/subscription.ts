@@ -13,6 +13,7 @@ import {
   type SubscribeOptions,
   type Subscription,
 } from '../broker.js';
+import { checkStart, type StartPosition } from '../start.js';
 import { decodeRecord, type RawRecord, recordTag } from './codec.js';
 import type { KafkaConfig } from './config.js';
 import { kafkaErrorHas, toKafkaMqError } from './errors.js';
@@ -153,7 +154,7 @@ export class KafkaSubscription implements Subscription {
   readonly #maxInFlight: number;
   readonly #ackTimeoutMs: number;
   readonly #ordered: boolean;
-  readonly #start: 'latest' | 'earliest';
+  readonly #start: StartPosition;
   readonly #deps: KafkaSubscriptionDeps;
   readonly #notifier = new Notifier();
   readonly #scheduler = new Scheduler({ onError: (err) => this.#warn('scheduled task failed', err) });
@@ -186,11 +187,7 @@ export class KafkaSubscription implements Subscription {
     if (t !== undefined && (!Number.isFinite(t) || t <= 0)) {
       throw new InvalidArgumentError(`ackTimeoutMs=${t} is invalid; it accepts a number of milliseconds > 0`);
     }
-    if (options.start !== undefined && options.start !== 'latest' && options.start !== 'earliest') {
-      throw new InvalidArgumentError(
-        `start="${String(options.start)}" is invalid; it accepts "latest" or "earliest"`,
-      );
-    }
+    checkStart(options.start);
   }
 
   constructor(options: SubscribeOptions, deps: KafkaSubscriptionDeps) {
@@ -201,7 +198,7 @@ export class KafkaSubscription implements Subscription {
     this.#maxInFlight = options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
     this.#ackTimeoutMs = options.ackTimeoutMs ?? deps.defaultAckTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
     this.#ordered = options.ordered ?? false;
-    this.#start = options.start ?? 'latest';
+    this.#start = checkStart(options.start);
     this.#consumer = new Consumer({
       clientId: `${deps.config.clientId}-consumer`,
       bootstrapBrokers: deps.config.brokers,
@@ -486,12 +483,26 @@ export class KafkaSubscription implements Subscription {
           if (c !== undefined && c >= 0n) starts.set(i, c);
         }
         if (missing.length > 0) {
+          // -2: the earliest offset, -1: the end; a time gives the first offset at or after it,
+          // or -1 where the partition has nothing that recent (then it starts at the end).
+          const timestamp =
+            this.#start === 'earliest' ? -2n : this.#start === 'latest' ? -1n : BigInt(this.#start);
           const listed = await this.#consumer.listOffsets({
             topics: [this.topic],
             partitions: { [this.topic]: missing },
-            timestamp: this.#start === 'earliest' ? -2n : -1n,
+            timestamp,
           });
           const at = listed.get(this.topic) ?? [];
+          const pastTheEnd = missing.filter((i) => (at[i] ?? -1n) < 0n);
+          if (timestamp >= 0n && pastTheEnd.length > 0) {
+            const ends = await this.#consumer.listOffsets({
+              topics: [this.topic],
+              partitions: { [this.topic]: pastTheEnd },
+              timestamp: -1n,
+            });
+            const end = ends.get(this.topic) ?? [];
+            for (const i of pastTheEnd) at[i] = end[i] ?? 0n;
+          }
           const offsets = [];
           for (const i of missing) {
             const o = at[i] ?? 0n;

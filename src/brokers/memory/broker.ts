@@ -28,6 +28,7 @@ import {
   type SubscribeOptions,
   type Subscription,
 } from '../broker.js';
+import { checkStart } from '../start.js';
 import { Deque } from './deque.js';
 import {
   DEFAULT_GROUP_RETENTION_MS,
@@ -421,15 +422,26 @@ class Topic {
    * per-group part is charged without a limit check: the messages are already here, and
    * refusing the subscription would not free them.
    */
-  adoptAll(group: Group): void {
+  adoptAll(group: Group, since = 0): void {
     for (let s = this.#head; s !== undefined; s = s.next) {
+      // A time start skips what was born before it (bornAt is the publish time).
+      if (s.msg.bornAt < since) continue;
       s.refs++;
       this.charge(GROUP_ENTRY_BYTES);
       group.offer(s);
     }
-    for (const slot of this.#orphans) this.engine.orphans.remove(slot);
+    // What the group now owes is no longer unowned backlog; what a time start skipped still is.
+    const kept: Slot[] = [];
+    for (const slot of this.#orphans) {
+      if (slot.refs === 0) kept.push(slot);
+      else this.engine.orphans.remove(slot);
+    }
     this.#orphans.clear();
     this.#orphanBytes = 0;
+    for (const slot of kept) {
+      this.#orphans.push(slot);
+      this.#orphanBytes += slot.bytes;
+    }
   }
 
   #free(slot: Slot): void {
@@ -1290,16 +1302,14 @@ export class MemoryBroker implements Broker {
     const filter = parseTagExpression(options.filter);
     const maxInFlight = positiveInteger(options.maxInFlight, 'maxInFlight', DEFAULT_MAX_IN_FLIGHT);
     const ackTimeoutMs = positiveInteger(options.ackTimeoutMs, 'ackTimeoutMs', this.#defaultAckTimeoutMs);
-    const start = options.start ?? 'latest';
-    if (start !== 'latest' && start !== 'earliest') {
-      throw new InvalidArgumentError(`start "${String(start)}" is not valid; use "latest" or "earliest"`);
-    }
+    const start = checkStart(options.start);
     const topic = engine.topic(topicName);
     let group = topic.groups.get(groupName);
     if (group === undefined) {
       group = new Group(groupName, topic, filter);
       topic.groups.set(groupName, group);
       if (start === 'earliest') topic.adoptAll(group);
+      else if (typeof start === 'number') topic.adoptAll(group, start);
     } else if (group.filter.expression !== filter.expression) {
       if (group.subs.size > 0) {
         throw new MqError(

@@ -27,6 +27,7 @@
  * acks the other tags itself; on 2.10+ the server filters. There is no per-message delay in
  * any NATS version this targets, so deliverAt in the future is UNSUPPORTED.
  */
+
 import { randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import {
@@ -70,6 +71,7 @@ import {
   type SubscribeOptions,
   type Subscription,
 } from '../broker.js';
+import { checkStart } from '../start.js';
 import { type NatsConfig, parseNatsUrl } from './config.js';
 import { buildHeaders, dedupId } from './message.js';
 import {
@@ -399,10 +401,7 @@ export class NatsBroker implements Broker {
     if (!Number.isFinite(ackTimeoutMs) || ackTimeoutMs < 100) {
       throw new InvalidArgumentError(`ackTimeoutMs must be at least 100, got ${ackTimeoutMs}`);
     }
-    const start = options.start ?? 'latest';
-    if (start !== 'latest' && start !== 'earliest') {
-      throw new InvalidArgumentError(`start must be "latest" or "earliest", got "${String(start)}"`);
-    }
+    const start = checkStart(options.start);
 
     const stream = await this.#ensureStream(topic);
     const durable = consumerName(group);
@@ -448,7 +447,13 @@ export class NatsBroker implements Broker {
       deliver_policy:
         start === 'earliest' || this.#config.retention === 'workqueue'
           ? DeliverPolicy.All
-          : DeliverPolicy.New,
+          : typeof start === 'number'
+            ? DeliverPolicy.StartTime
+            : DeliverPolicy.New,
+      opt_start_time:
+        typeof start === 'number' && this.#config.retention !== 'workqueue'
+          ? new Date(start).toISOString()
+          : undefined,
     };
     const broker = this;
     const connection = {
@@ -501,6 +506,7 @@ export class NatsBroker implements Broker {
       max_ack_pending: number;
       filterSubjects: string[];
       deliver_policy: DeliverPolicy;
+      opt_start_time: string | undefined;
     },
     topic: string,
     group: string,
@@ -523,6 +529,7 @@ export class NatsBroker implements Broker {
           durable_name: durable,
           ack_policy: AckPolicy.Explicit,
           deliver_policy: desired.deliver_policy,
+          ...(desired.opt_start_time ? { opt_start_time: desired.opt_start_time } : {}),
           replay_policy: ReplayPolicy.Instant,
           ack_wait: desired.ack_wait,
           max_ack_pending: desired.max_ack_pending,

@@ -1,5 +1,5 @@
 import { ClientException } from 'rocketmq-client-nodejs';
-import { ClosedError, InvalidArgumentError } from '../../core/errors.js';
+import { ClosedError, InvalidArgumentError, UnsupportedError } from '../../core/errors.js';
 import { closeAll, closeOnce } from '../../core/lifecycle.js';
 import {
   type Broker,
@@ -14,6 +14,7 @@ import {
   type SubscribeOptions,
   type Subscription,
 } from '../broker.js';
+import { checkStart } from '../start.js';
 import { Code, toRocketMqError } from './library.js';
 import { ProducerEntry, RocketMqProducer, TransactionLedger } from './producer.js';
 import { RouteClient, RouteStatusError, type TopicRoute } from './route.js';
@@ -167,6 +168,15 @@ class RocketMqBroker implements Broker {
     if (!Number.isFinite(ackTimeoutMs) || ackTimeoutMs < 1_000 || ackTimeoutMs > 12 * 3_600_000) {
       throw new InvalidArgumentError(
         `ackTimeoutMs must be from 1000 ms to 12 h for RocketMQ (its invisible duration), got ${ackTimeoutMs}`,
+      );
+    }
+    if (checkStart(options.start) !== 'latest') {
+      // A new group's position is the broker's (its subscription group settings); the gRPC
+      // proxy takes no start position from a client, so saying yes here would be a lie.
+      throw new UnsupportedError(
+        `RocketMQ cannot start a new consumer group at ${options.start === 'earliest' ? 'the earliest message' : 'a time'} ` +
+          'from a client: the proxy takes no start position. Start the group at "latest", or move an existing group with ' +
+          '`mqadmin resetOffsetByTime -g <group> -t <topic> -s <epoch ms>`',
       );
     }
     const credentials = this.#credentials(options.credentials);

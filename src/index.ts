@@ -15,6 +15,7 @@ export type {
   Producer,
   ProducerOptions,
   SendResult,
+  StartPosition,
   SubscribeOptions,
   Subscription,
 } from './brokers/broker.js';
@@ -38,7 +39,7 @@ export type {
   PublishOptions,
 } from './bus/index.js';
 // The event bus.
-export { createEventBus, KeyedLanes, uuidv7 } from './bus/index.js';
+export { createEnvelope, createEventBus, KeyedLanes, uuidv7 } from './bus/index.js';
 export type { ErrorCode } from './core/errors.js';
 export {
   ClosedError,

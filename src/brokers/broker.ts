@@ -20,6 +20,8 @@ export interface BrokerCapabilities {
   readonly tagFilter: boolean;
   /** Messages survive a broker restart. */
   readonly durable: boolean;
+  /** A subscriber can say where a new group starts (SubscribeOptions.start). */
+  readonly startPosition: boolean;
 }
 
 /** Credentials a remote caller presented; adapters that authenticate per caller use them. */

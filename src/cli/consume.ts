@@ -15,7 +15,7 @@ import {
 interface ConsumeFlags extends ConnectionFlags {
   topic?: string;
   group?: string;
-  from: string;
+  from?: string;
   tag: string;
   json?: boolean;
   count?: string;
@@ -33,8 +33,7 @@ export function consumeCommand(): Command {
     .option('--tag <expression>', "tag expression, e.g. '*' or 'a||b'", '*')
     .option(
       '--from <position>',
-      'where a group seen for the first time starts: latest (default), earliest, or an ISO-8601 time',
-      'latest',
+      'where a group seen for the first time starts: latest (the default), earliest, or an ISO-8601 time',
     )
     .option('--json', 'print one JSON object per message (id, topic, tag, properties, body, ...)')
     .option('--count <n>', 'exit after n messages')
@@ -43,7 +42,8 @@ export function consumeCommand(): Command {
   cmd.action(async (flags: ConsumeFlags) => {
     const topic = requireFlag(flags.topic, '--topic <topic>');
     const group = requireFlag(flags.group, '--group <group>');
-    const start = parseStart(flags.from, '--from') ?? 'latest';
+    // Unset unless given: some brokers (RocketMQ) take the start from the group's own settings.
+    const start = parseStart(flags.from, '--from');
     const limit =
       flags.count === undefined ? Number.POSITIVE_INFINITY : parsePositiveInt(flags.count, '--count');
     const client = clientFrom(flags);
@@ -62,7 +62,7 @@ export function consumeCommand(): Command {
       });
       if (!flags.quiet) {
         process.stderr.write(
-          `consuming topic "${topic}" as group "${group}" (tags ${flags.tag}, a new group starts at ${flags.from}) from ${flags.grpc}\n`,
+          `consuming topic "${topic}" as group "${group}" (tags ${flags.tag}, a new group starts at ${flags.from ?? 'latest'}) from ${flags.grpc}\n`,
         );
       }
       // Outages and recoveries on stderr, so a gap in the output is never silent.

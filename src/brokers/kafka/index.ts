@@ -31,6 +31,7 @@ const CAPABILITIES: BrokerCapabilities = Object.freeze({
   transactions: true,
   tagFilter: true,
   durable: true,
+  startPosition: true,
 });
 
 const TOPIC_NAME = /^[A-Za-z0-9._-]{1,249}$/;

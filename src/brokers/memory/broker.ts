@@ -1224,6 +1224,7 @@ const CAPABILITIES: BrokerCapabilities = Object.freeze({
   transactions: true,
   tagFilter: true,
   durable: false,
+  startPosition: true,
 });
 
 /**

@@ -200,6 +200,7 @@ export class NatsBroker implements Broker {
       transactions: false,
       tagFilter: true,
       durable: config.storage === 'file',
+      startPosition: true,
     };
     // Every send waiting out a retry listens on this signal; that is many listeners, not a leak.
     setMaxListeners(0, this.#abort.signal);

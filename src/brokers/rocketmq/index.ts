@@ -29,6 +29,8 @@ const CAPABILITIES: BrokerCapabilities = {
   transactions: true,
   tagFilter: true,
   durable: true,
+  // Where a new group starts is the group's own setting on the broker (consumeFromMinEnable).
+  startPosition: false,
 };
 
 /** Topic probed by health(): "not found" is a complete answer from proxy and name server. */
@@ -170,12 +172,14 @@ class RocketMqBroker implements Broker {
         `ackTimeoutMs must be from 1000 ms to 12 h for RocketMQ (its invisible duration), got ${ackTimeoutMs}`,
       );
     }
-    if (checkStart(options.start) !== 'latest') {
-      // A new group's position is the broker's (its subscription group settings); the gRPC
-      // proxy takes no start position from a client, so saying yes here would be a lie.
+    if (options.start !== undefined) {
+      checkStart(options.start);
+      // Where a new group starts is the group's own setting on the broker: the proxy takes no
+      // start position from a client, so accepting one here would be a promise nobody keeps.
       throw new UnsupportedError(
-        `RocketMQ cannot start a new consumer group at ${options.start === 'earliest' ? 'the earliest message' : 'a time'} ` +
-          'from a client: the proxy takes no start position. Start the group at "latest", or move an existing group with ' +
+        'RocketMQ takes no start position from a client: a new consumer group starts where its broker-side ' +
+          'setting says (the oldest message with consumeFromMinEnable, set by `mqadmin updateSubGroup -g <group> ' +
+          '-m true`; else the newest). Leave start unset, or move an existing group with ' +
           '`mqadmin resetOffsetByTime -g <group> -t <topic> -s <epoch ms>`',
       );
     }

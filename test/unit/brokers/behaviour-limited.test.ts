@@ -23,6 +23,7 @@ class LimitedBroker implements Broker {
     transactions: false,
     tagFilter: false,
     durable: false,
+    startPosition: true,
   };
   readonly #inner = new MemoryBroker();
 

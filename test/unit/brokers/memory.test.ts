@@ -79,6 +79,7 @@ describe('memory broker: URL options', () => {
         transactions: true,
         tagFilter: true,
         durable: false,
+        startPosition: true,
       });
     } finally {
       await broker.close();

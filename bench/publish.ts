@@ -4,6 +4,9 @@
  * 16 and 64, then the latency added at a fixed 1,000 msgs/s (open loop).
  */
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { Broker, Producer } from '../src/brokers/broker.js';
 import { openBroker } from '../src/brokers/index.js';
 import { encodeRequest, H2GrpcClient } from './lib/h2grpc.js';
@@ -36,6 +39,8 @@ const BATCH_SIZE = 100;
 const BATCH_CONCURRENCY = 4;
 /** SDK sends in flight on the Publish stream. */
 const STREAM_WINDOW = 1000;
+/** Brokers on which the cost of tracing is measured (it is the gateway's own CPU, the same on each). */
+const TRACING_BROKERS = (process.env.BENCH_TRACING_BROKERS ?? 'memory').split(',');
 
 interface Cell extends RunResult {
   cpu: CpuWindow;
@@ -55,6 +60,17 @@ interface BrokerRow {
   };
   /** The SDK's producer (the Publish stream) with STREAM_WINDOW sends in flight. */
   stream?: { window: number; msgsPerSec: number; gatewayCpuUsPerMsg: number; ratioToDirect64: number };
+  /** The gateway with tracing off and on, side by side (TRACING_BROKERS only). */
+  tracing?: {
+    unary64: { off: TracingCell; on: TracingCell };
+    stream: { off: TracingCell; on: TracingCell };
+    exportedBytes: number;
+  };
+}
+
+interface TracingCell {
+  msgsPerSec: number;
+  gatewayCpuUsPerMsg: number;
 }
 
 function summarize(r: RunResult, cpu: CpuWindow): Cell {
@@ -141,39 +157,19 @@ async function measureBroker(target: Target): Promise<BrokerRow> {
         `ratio to direct c=64 ${batch.ratioToDirect64}${b.errors > 0 ? ` | errors ${b.errors}: ${b.firstError}` : ''}`,
     );
     // The streaming RPC as the SDK uses it: STREAM_WINDOW publishMessage calls in flight.
-    const sdk = await loadSdk();
-    const sdkClient = new sdk.MQClient({ grpcEndpoint: `127.0.0.1:${gateway.grpcPort}` });
-    let stream: BrokerRow['stream'];
-    try {
-      const sp = await sdkClient.getProducer('', topic);
-      await Promise.all(Array.from({ length: STREAM_WINDOW }, () => sp.publishMessage(BODY, 'bench')));
-      let sent = 0;
-      const deadline = Date.now() + DURATION_MS;
-      const t0 = performance.now();
-      const [, sCpu] = await withCpu(gwPid, () =>
-        Promise.all(
-          Array.from({ length: STREAM_WINDOW }, async () => {
-            while (Date.now() < deadline) {
-              await sp.publishMessage(BODY, 'bench');
-              sent++;
-            }
-          }),
-        ),
-      );
-      const msgsPerSec = (sent / (performance.now() - t0)) * 1000;
-      if (!sp.streaming) throw new Error('the SDK producer fell back to unary sends');
-      stream = {
-        window: STREAM_WINDOW,
-        msgsPerSec: round(msgsPerSec, 1),
-        gatewayCpuUsPerMsg: round((sCpu.serverCpuMs * 1000) / Math.max(1, sent), 1),
-        ratioToDirect64: round(msgsPerSec / direct64, 3),
-      };
-      console.log(
-        `${target.kind} SDK Publish stream (${STREAM_WINDOW} in flight): ${fmt(stream.msgsPerSec)} msgs/s, ratio to direct c=64 ${stream.ratioToDirect64}, gateway ${stream.gatewayCpuUsPerMsg} µs/msg`,
-      );
-    } finally {
-      await sdkClient.close();
-    }
+    const sm = await sdkStream(gateway, topic);
+    const stream: BrokerRow['stream'] = {
+      window: STREAM_WINDOW,
+      msgsPerSec: round(sm.msgsPerSec, 1),
+      gatewayCpuUsPerMsg: round(sm.gatewayCpuUsPerMsg, 1),
+      ratioToDirect64: round(sm.msgsPerSec / direct64, 3),
+    };
+    console.log(
+      `${target.kind} SDK Publish stream (${STREAM_WINDOW} in flight): ${fmt(stream.msgsPerSec)} msgs/s, ratio to direct c=64 ${stream.ratioToDirect64}, gateway ${stream.gatewayCpuUsPerMsg} µs/msg`,
+    );
+    const tracing = TRACING_BROKERS.includes(target.kind)
+      ? await tracingCost(target, topic, gateway, viaGateway)
+      : undefined;
     const openOpts = { ratePerSec: OPEN_RATE, durationMs: OPEN_MS, warmupMs: 1000 };
     const [og, ogCpu] = await withCpu(gwPid, () => openLoop(viaGateway, openOpts));
     const [od, odCpu] = await withCpu(undefined, () => openLoop(direct, openOpts));
@@ -188,13 +184,126 @@ async function measureBroker(target: Target): Promise<BrokerRow> {
       `${target.kind} open loop ${OPEN_RATE}/s: gateway p50 ${open.gateway.p50Ms} p99 ${open.gateway.p99Ms} ms | direct p50 ` +
         `${open.direct.p50Ms} p99 ${open.direct.p99Ms} ms | added p50 ${open.addedP50Ms} p99 ${open.addedP99Ms} ms`,
     );
-    return { broker: target.kind, closed, open, batch, stream };
+    return { broker: target.kind, closed, open, batch, stream, tracing };
   } finally {
     client?.close();
     await h2?.close();
     await producer?.close().catch(() => {});
     await broker?.close().catch(() => {});
     await gateway?.close();
+  }
+}
+
+/** The SDK's producer on the Publish stream with STREAM_WINDOW sends in flight, for DURATION_MS. */
+async function sdkStream(
+  gateway: GatewayProcess,
+  topic: string,
+): Promise<{ msgsPerSec: number; gatewayCpuUsPerMsg: number }> {
+  const sdk = await loadSdk();
+  const sdkClient = new sdk.MQClient({ grpcEndpoint: `127.0.0.1:${gateway.grpcPort}` });
+  try {
+    const sp = await sdkClient.getProducer('', topic);
+    await Promise.all(Array.from({ length: STREAM_WINDOW }, () => sp.publishMessage(BODY, 'bench')));
+    let sent = 0;
+    const deadline = Date.now() + DURATION_MS;
+    const t0 = performance.now();
+    const [, cpu] = await withCpu(gateway.pid, () =>
+      Promise.all(
+        Array.from({ length: STREAM_WINDOW }, async () => {
+          while (Date.now() < deadline) {
+            await sp.publishMessage(BODY, 'bench');
+            sent++;
+          }
+        }),
+      ),
+    );
+    if (!sp.streaming) throw new Error('the SDK producer fell back to unary sends');
+    return {
+      msgsPerSec: (sent / (performance.now() - t0)) * 1000,
+      gatewayCpuUsPerMsg: (cpu.serverCpuMs * 1000) / Math.max(1, sent),
+    };
+  } finally {
+    await sdkClient.close();
+  }
+}
+
+/**
+ * The same gateway build started a second time with tracing on (OTLP over HTTP to a sink in the
+ * bench process that discards what it gets; every span sampled, the default), measured right after
+ * the tracing-off gateway on the same cells: unary SendMessage at concurrency 64 and the SDK's
+ * Publish stream. The bench process registers no OpenTelemetry SDK, so only the gateway's cost
+ * is in the figures.
+ */
+async function tracingCost(
+  target: Target,
+  topic: string,
+  off: GatewayProcess,
+  offSend: () => Promise<unknown>,
+): Promise<NonNullable<BrokerRow['tracing']>> {
+  let received = 0;
+  const sink = createServer((req, res) => {
+    req.on('data', (c: Buffer) => {
+      received += c.length;
+    });
+    req.on('end', () => res.writeHead(200).end());
+  });
+  sink.listen(0, '127.0.0.1');
+  await once(sink, 'listening');
+  const sinkPort = (sink.address() as AddressInfo).port;
+  let on: GatewayProcess | undefined;
+  let client: RawClient | undefined;
+  let h2: H2GrpcClient | undefined;
+  try {
+    on = await startGatewayProcess({
+      env: {
+        BROKERS: target.url,
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `http://127.0.0.1:${sinkPort}/v1/traces`,
+      },
+      nodeArgs: profileArgs(),
+    });
+    client = rawClient(on.grpcPort);
+    const created = await unary<{ producer_id: string }>(client, 'CreateProducer', { topic });
+    h2 = new H2GrpcClient(on.grpcPort);
+    const h = h2;
+    const frame = encodeRequest('SendMessage', {
+      producer_id: created.producer_id,
+      message_body_bytes: BODY,
+      tag: 'bench',
+    });
+    const onSend = (): Promise<unknown> => h.unary('SendMessage', frame);
+    const opts = { concurrency: 64, durationMs: DURATION_MS, warmupMs: WARMUP_MS };
+    const [uo, uoCpu] = await withCpu(off.pid, () => closedLoop(offSend, opts));
+    const [un, unCpu] = await withCpu(on.pid, () => closedLoop(onSend, opts));
+    const so = await sdkStream(off, topic);
+    const sn = await sdkStream(on, topic);
+    const perMsg = (c: CpuWindow, r: RunResult): number =>
+      round((c.serverCpuMs * 1000) / Math.max(1, r.ops), 1);
+    const result = {
+      unary64: {
+        off: { msgsPerSec: round(uo.opsPerSec, 1), gatewayCpuUsPerMsg: perMsg(uoCpu, uo) },
+        on: { msgsPerSec: round(un.opsPerSec, 1), gatewayCpuUsPerMsg: perMsg(unCpu, un) },
+      },
+      stream: {
+        off: { msgsPerSec: round(so.msgsPerSec, 1), gatewayCpuUsPerMsg: round(so.gatewayCpuUsPerMsg, 1) },
+        on: { msgsPerSec: round(sn.msgsPerSec, 1), gatewayCpuUsPerMsg: round(sn.gatewayCpuUsPerMsg, 1) },
+      },
+      exportedBytes: received,
+    };
+    console.log(
+      `${target.kind} tracing off/on: unary c=64 ${fmt(uo.opsPerSec)} / ${fmt(un.opsPerSec)} msgs/s, ` +
+        `${result.unary64.off.gatewayCpuUsPerMsg} / ${result.unary64.on.gatewayCpuUsPerMsg} µs/msg; stream ` +
+        `${fmt(so.msgsPerSec)} / ${fmt(sn.msgsPerSec)} msgs/s, ${result.stream.off.gatewayCpuUsPerMsg} / ` +
+        `${result.stream.on.gatewayCpuUsPerMsg} µs/msg` +
+        (uo.errors + un.errors > 0
+          ? ` | errors ${uo.errors}/${un.errors}: ${uo.firstError ?? un.firstError}`
+          : ''),
+    );
+    return result;
+  } finally {
+    client?.close();
+    await h2?.close();
+    await on?.close();
+    sink.close();
   }
 }
 
@@ -305,6 +414,30 @@ function markdown(rows: BrokerRow[]): string {
             ],
           ],
         ),
+        '',
+      );
+    }
+    const tr = r.tracing;
+    if (tr) {
+      const cell = (name: string, c: { off: TracingCell; on: TracingCell }): Array<string | number> => [
+        name,
+        `${fmt(c.off.msgsPerSec)} / ${fmt(c.on.msgsPerSec)}`,
+        `${pct(c.on.msgsPerSec, c.off.msgsPerSec)}%`,
+        `${c.off.gatewayCpuUsPerMsg} / ${c.on.gatewayCpuUsPerMsg}`,
+        `+${round(c.on.gatewayCpuUsPerMsg - c.off.gatewayCpuUsPerMsg, 1)}`,
+      ];
+      out.push(
+        markdownTable(
+          ['tracing off / on', 'msgs/s', 'on/off', 'gateway CPU µs/msg', 'cost µs/msg'],
+          [
+            cell('SendMessage, 64 in flight', tr.unary64),
+            cell(`Publish stream (SDK), ${STREAM_WINDOW} in flight`, tr.stream),
+          ],
+        ),
+        '',
+        `Tracing on: every message sampled, spans exported over OTLP/HTTP (protobuf) to a sink in the bench process ` +
+          `(${fmt(tr.exportedBytes / 1024)} KiB received). Off: the same build without OTEL_* variables, where the ` +
+          'OpenTelemetry API answers with no-op spans and nothing is copied into messages.',
         '',
       );
     }

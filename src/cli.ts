@@ -10,6 +10,7 @@ import { describeSettings, type GatewayConfig, loadConfig, SETTINGS } from './ga
 import { createLogger } from './gateway/log.js';
 import { brokerRedactor } from './gateway/redact.js';
 import { Gateway } from './gateway/server.js';
+import { startTracing, type Tracing } from './gateway/telemetry.js';
 
 const program = new Command('mqgate')
   .description(
@@ -47,6 +48,13 @@ serve.action(async (opts: Record<string, string | boolean>) => {
   const redactor = brokerRedactor(config.brokers.map((b) => b.url));
   const log = createLogger(config.logLevel, redactor);
   routeGrpcLogs(log);
+  let tracing: Tracing | undefined;
+  try {
+    tracing = await startTracing(process.env, log);
+  } catch (err) {
+    console.error(`mqgate: tracing could not start (check the OTEL_* variables): ${(err as Error).message}`);
+    process.exit(2);
+  }
   const gateway = new Gateway({ config, logger: log });
   let signals = 0;
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -61,13 +69,19 @@ serve.action(async (opts: Record<string, string | boolean>) => {
       process.exit(1);
     }, config.shutdownTimeoutMs + 1000);
     force.unref();
-    gateway.close().then(
-      () => process.exit(0),
-      (err) => {
-        log.error({ err }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
+    gateway
+      .close()
+      // Spans still buffered go out before the exit (the exporter's own timeout bounds this).
+      .then(() =>
+        tracing?.shutdown().catch((err: unknown) => log.warn({ err }, 'trace export at shutdown failed')),
+      )
+      .then(
+        () => process.exit(0),
+        (err) => {
+          log.error({ err }, 'shutdown failed');
+          process.exit(1);
+        },
+      );
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);

@@ -1,3 +1,4 @@
+import type { Span } from '@opentelemetry/api';
 import type {
   Broker,
   SubscribeOptions as BrokerSubscribeOptions,
@@ -11,6 +12,17 @@ import { openBroker } from '../brokers/index.js';
 import { ClosedError, checkOptionNames, InvalidArgumentError, isMqError } from '../core/errors.js';
 import { closeAll } from '../core/lifecycle.js';
 import { bodyText, type Message, type OutgoingMessage } from '../core/message.js';
+import {
+  ATTR,
+  endSpan,
+  messageContext,
+  messageLink,
+  messagingSystem,
+  startMessagingSpan,
+  tracingOn,
+  withSpan,
+  withTraceContext,
+} from '../core/tracing.js';
 import { decodeEnvelope, type Envelope, validateEnvelope } from './envelope.js';
 import { KeyedLanes } from './lanes.js';
 
@@ -220,6 +232,8 @@ function encodePayload(payload: Payload, properties: Readonly<Record<string, str
 interface BusInternals {
   send(topic: string, message: OutgoingMessage): Promise<{ messageId: string }>;
   report(err: unknown, context: ErrorContext): void;
+  /** messaging.system of the bus's broker, for spans. */
+  readonly system: string;
 }
 
 class LaneSubscription<T> implements BusSubscription {
@@ -361,7 +375,30 @@ class LaneSubscription<T> implements BusSubscription {
     }
   }
 
-  async #handle(delivery: Delivery, signal: AbortSignal): Promise<void> {
+  /**
+   * With tracing on, one delivery is handled inside a `process <topic>` CONSUMER span: its parent
+   * is the message's creation context (also linked), the handler's spans nest under it, and a
+   * retry or a dead-lettering is recorded on it as an event.
+   */
+  #handle(delivery: Delivery, signal: AbortSignal): Promise<void> {
+    if (!tracingOn()) return this.#handleIn(delivery, signal, undefined);
+    const m = delivery.message;
+    const link = messageLink(m.properties);
+    const span = startMessagingSpan({
+      operation: 'process',
+      operationName: 'subscribe',
+      destination: this.topic,
+      system: this.#bus.system,
+      group: this.group,
+      messageId: m.id,
+      parent: messageContext(m.properties),
+      links: link ? [link] : undefined,
+      attributes: { [ATTR.deliveryAttempt]: m.reconsumeCount + 1 },
+    });
+    return withSpan(span, () => this.#handleIn(delivery, signal, span));
+  }
+
+  async #handleIn(delivery: Delivery, signal: AbortSignal, span: Span | undefined): Promise<void> {
     const message = delivery.message;
     const attempt = message.reconsumeCount + 1;
     let value: T;
@@ -369,31 +406,45 @@ class LaneSubscription<T> implements BusSubscription {
       value = this.#decode(message);
     } catch (err) {
       // Retrying cannot fix a message that does not decode: dead-letter it now.
-      await this.#toDeadLetter(delivery, err, attempt);
+      await this.#toDeadLetter(delivery, err, attempt, span);
+      if (span) endSpan(span, err);
       return;
     }
     try {
       await this.#handler(value, { signal, attempt, message });
     } catch (err) {
       // Closing: the delivery goes back to the broker with the subscription's close.
-      if (signal.aborted) return;
-      if (attempt >= this.#maxAttempts) await this.#toDeadLetter(delivery, err, attempt);
-      else await this.#nack(delivery, attempt, err);
+      if (!signal.aborted) {
+        if (attempt >= this.#maxAttempts) await this.#toDeadLetter(delivery, err, attempt, span);
+        else await this.#nack(delivery, attempt, err, span);
+      }
+      if (span) endSpan(span, err);
       return;
     }
     this.#handled++;
+    if (span) endSpan(span);
     await this.#settle(delivery.ack(), message);
   }
 
-  async #nack(delivery: Delivery, attempt: number, err: unknown): Promise<void> {
+  async #nack(delivery: Delivery, attempt: number, err: unknown, span: Span | undefined): Promise<void> {
     const { initialMs, maxMs, factor } = this.#backoff;
     const delayMs = Math.min(maxMs, initialMs * factor ** (attempt - 1));
     this.#retried++;
+    span?.addEvent('retry', { [ATTR.deliveryAttempt]: attempt, 'mqgate.retry.delay_ms': delayMs });
     await this.#settle(delivery.nack({ delayMs, reason: errorText(err) }), delivery.message);
   }
 
-  async #toDeadLetter(delivery: Delivery, err: unknown, attempt: number): Promise<void> {
+  async #toDeadLetter(
+    delivery: Delivery,
+    err: unknown,
+    attempt: number,
+    span: Span | undefined,
+  ): Promise<void> {
     const m = delivery.message;
+    span?.addEvent('dead_letter', {
+      [ATTR.deliveryAttempt]: attempt,
+      'mqgate.dead_letter.topic': this.#deadLetter,
+    });
     try {
       await this.#bus.send(this.#deadLetter, {
         body: m.body,
@@ -411,7 +462,7 @@ class LaneSubscription<T> implements BusSubscription {
     } catch (publishErr) {
       // Never drop: without a dead-letter copy the original stays and is tried again later.
       this.#bus.report(publishErr, { topic: this.#deadLetter, group: this.group, messageId: m.id });
-      await this.#nack(delivery, attempt, publishErr);
+      await this.#nack(delivery, attempt, publishErr, span);
       return;
     }
     this.#deadLettered++;
@@ -450,6 +501,7 @@ class LaneEventBus implements EventBus {
     this.#internals = {
       send: (topic, message) => this.#send(topic, message),
       report: (err, context) => this.#report(err, context),
+      system: messagingSystem(broker.kind),
     };
   }
 
@@ -576,15 +628,40 @@ class LaneEventBus implements EventBus {
 
   #send(topic: string, message: OutgoingMessage): Promise<{ messageId: string }> {
     if (this.#state === 'closed') return Promise.reject(this.#closedError());
-    const tracked = this.#producer(topic)
-      .then((p) => p.send(message))
-      .then(({ messageId }) => ({ messageId }));
+    const tracked = tracingOn()
+      ? this.#tracedSend(topic, message)
+      : this.#producer(topic)
+          .then((p) => p.send(message))
+          .then(({ messageId }) => ({ messageId }));
     this.#pending.add(tracked);
     const untrack = (): void => {
       this.#pending.delete(tracked);
     };
     tracked.then(untrack, untrack);
     return tracked;
+  }
+
+  /** A send in a `send <topic>` PRODUCER span whose context the message carries. */
+  async #tracedSend(topic: string, message: OutgoingMessage): Promise<{ messageId: string }> {
+    const span = startMessagingSpan({
+      operation: 'send',
+      operationName: 'publish',
+      destination: topic,
+      system: this.#internals.system,
+    });
+    try {
+      const p = await this.#producer(topic);
+      const { messageId } = await p.send({
+        ...message,
+        properties: withTraceContext(message.properties, span),
+      });
+      span.setAttribute(ATTR.messageId, messageId);
+      endSpan(span);
+      return { messageId };
+    } catch (err) {
+      endSpan(span, err);
+      throw err;
+    }
   }
 
   #producer(topic: string): Promise<Producer> {

@@ -5,9 +5,18 @@ import {
   status as Status,
   type StatusObject,
 } from '@grpc/grpc-js';
+import type { Span } from '@opentelemetry/api';
 import { BoundedMap } from '../core/bounded.js';
 import { ClosedError, checkOptionNames, InvalidArgumentError, MqError, toMqError } from '../core/errors.js';
 import { AsyncQueue, delay, Notifier } from '../core/lifecycle.js';
+import {
+  endSpan,
+  messageContext,
+  messageLink,
+  startMessagingSpan,
+  tracingOn,
+  withSpan,
+} from '../core/tracing.js';
 import { type AckTarget, ReceivedMessage } from './message.js';
 import {
   type BackoffOptions,
@@ -452,11 +461,32 @@ export class Consumer
     }
   }
 
-  /** Never rejects: every failure is reported. */
+  /**
+   * Never rejects: every failure is reported. With tracing on, the handler runs in a
+   * `process <topic>` CONSUMER span whose parent is the message's creation context (its
+   * traceparent), also linked as the conventions ask; the handler's own spans nest under it.
+   */
   async #handle(handler: MessageHandler, m: ReceivedMessage): Promise<void> {
+    if (!tracingOn()) return this.#handleIn(handler, m, undefined);
+    const link = messageLink(m.properties);
+    const span = startMessagingSpan({
+      operation: 'process',
+      operationName: 'onMessage',
+      destination: m.topic,
+      system: 'mqgate',
+      group: this.groupId,
+      messageId: m.messageId,
+      parent: messageContext(m.properties),
+      links: link ? [link] : undefined,
+    });
+    await withSpan(span, () => this.#handleIn(handler, m, span));
+  }
+
+  async #handleIn(handler: MessageHandler, m: ReceivedMessage, span: Span | undefined): Promise<void> {
     try {
       await handler(m, this.#closing.signal);
     } catch (err) {
+      if (span) endSpan(span, err);
       const text = err instanceof Error ? err.message : String(err);
       this.#report(
         new MqError(
@@ -472,6 +502,7 @@ export class Consumer
       if (this.#autoAck) await m.nack(this.#nackDelayMs).catch((e: unknown) => this.#ackFailed(e, m));
       return;
     }
+    if (span) endSpan(span);
     if (this.#autoAck) await m.ack().catch((e: unknown) => this.#ackFailed(e, m));
   }
 

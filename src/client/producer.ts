@@ -1,11 +1,12 @@
 import { setMaxListeners } from 'node:events';
 import { ClosedError, InvalidArgumentError, MqError, toMqError } from '../core/errors.js';
 import { delay } from '../core/lifecycle.js';
+import { ATTR, endSpan, startMessagingSpan, tracingOn, withTraceContext } from '../core/tracing.js';
 import { type MessageBody, type PropertiesInput, wireBody, wireProperties } from './message.js';
 import { PublishChannel, type PublishEntryInput, PublishUnsupportedError } from './publish-stream.js';
 import { abortable, backoffDelay, type ResolvedBackoff, retrying } from './retry.js';
 import type { CallControl, Rpc, UnaryMethod } from './rpc.js';
-import type { WireCreateProducerResponse, WireSendResponse } from './wire.js';
+import type { WireCreateProducerResponse, WireProperties, WireSendResponse } from './wire.js';
 
 export interface SendResult {
   messageId: string;
@@ -249,13 +250,43 @@ export class Producer {
     if (this.closed) {
       return Promise.reject(new ClosedError(`${method}: the producer for topic "${this.topic}" is closed`));
     }
-    const p = this.#sendWithRetry(method, req, options);
+    const p =
+      STREAMED.has(method) && tracingOn()
+        ? this.#tracedSend(method, req as { properties: WireProperties }, options)
+        : this.#sendWithRetry(method, req, options);
     this.#inFlight.add(p);
     const forget = (): void => {
       this.#inFlight.delete(p);
     };
     p.then(forget, forget);
     return p;
+  }
+
+  /**
+   * A send inside a `send <topic>` PRODUCER span (child of the caller's active span), whose context
+   * the message carries in its traceparent property, so consumers' spans link back to it.
+   */
+  async #tracedSend(
+    method: UnaryMethod,
+    req: { properties: WireProperties },
+    options: SendOptions,
+  ): Promise<WireSendResponse> {
+    const span = startMessagingSpan({
+      operation: 'send',
+      operationName: method,
+      destination: this.topic,
+      system: 'mqgate',
+    });
+    try {
+      const properties = { ...req.properties, properties: withTraceContext(req.properties.properties, span) };
+      const res = await this.#sendWithRetry(method, { ...req, properties }, options);
+      if (res.message_id) span.setAttribute(ATTR.messageId, res.message_id);
+      endSpan(span);
+      return res;
+    } catch (err) {
+      endSpan(span, err);
+      throw err;
+    }
   }
 
   async #sendWithRetry(method: UnaryMethod, req: object, options: SendOptions): Promise<WireSendResponse> {

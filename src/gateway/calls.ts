@@ -6,8 +6,10 @@ import {
   type ServiceDefinition,
   status as Status,
 } from '@grpc/grpc-js';
+import type { Context } from '@opentelemetry/api';
 import protobuf from 'protobufjs';
 import { InvalidArgumentError, MqError } from '../core/errors.js';
+import { extractContext, tracingOn } from '../core/tracing.js';
 import type { Audit } from './audit.js';
 import { ANONYMOUS, type Authenticator, type Principal } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -34,6 +36,8 @@ export interface CallContext {
   /** The remote address, for audit lines about callers without a principal. */
   readonly peer: string;
   readonly method: string;
+  /** The caller's trace context (traceparent / tracestate metadata), when tracing is on. */
+  readonly trace: Context | undefined;
 }
 
 const contexts = new WeakMap<Metadata, CallContext>();
@@ -276,7 +280,10 @@ export function createCallGuard(options: CallGuardOptions): CallGuard {
               activeUnary++;
               counted = true;
             }
-            contexts.set(metadata, { principal, authenticated, peer, method });
+            const traceContext = tracingOn()
+              ? extractContext((key) => metadata.get(key)[0]?.toString())
+              : undefined;
+            contexts.set(metadata, { principal, authenticated, peer, method, trace: traceContext });
             passOn(metadata);
           },
           onReceiveMessage: (message, passOn) => {

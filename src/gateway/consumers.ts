@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import type { Context, Link, Span } from '@opentelemetry/api';
 import type { Delivery, StartPosition, Subscription } from '../brokers/broker.js';
 import { BoundedMap } from '../core/bounded.js';
 import { MqError, NotFoundError, quoteInput } from '../core/errors.js';
 import { closeAll, Notifier } from '../core/lifecycle.js';
 import type { Message } from '../core/message.js';
+import { ATTR, messageLink, messagingSystem, startMessagingSpan, tracingOn } from '../core/tracing.js';
 import type { Audit } from './audit.js';
 import type { Caller } from './callers.js';
 import type { Logger } from './log.js';
@@ -36,6 +38,8 @@ export interface Outgoing {
 
 /** Where a session writes: the gRPC layer adapts its server stream to this. */
 export interface DeliverySink {
+  /** The RPC carrying the deliveries (ReceiveMessages, Subscribe), for their receive spans. */
+  readonly rpc: string;
   /** Most messages handed to one write() call. */
   readonly maxBatch: number;
   /** Most bytes of messages handed to one write() call (one message always may). */
@@ -424,6 +428,7 @@ export class Session implements Owned {
         this.inFlight.set(e.receiptHandle, e);
         entries.push(e);
       }
+      if (tracingOn()) this.#traceReceive(entries, sink.rpc);
       // The stall clock runs only while something waits to be written.
       if (a.unflushedCount === 0) a.progressAt = Date.now();
       a.unflushedBytes += bytes;
@@ -443,6 +448,46 @@ export class Session implements Owned {
         return;
       }
     }
+  }
+
+  /** One receive span per delivery, linked to the context the message was created in. */
+  #traceReceive(entries: readonly InFlight[], rpc: string): void {
+    const system = messagingSystem(this.input.ref.broker.kind);
+    for (const e of entries) {
+      const link = messageLink(e.message.properties);
+      startMessagingSpan({
+        operation: 'receive',
+        operationName: rpc,
+        destination: this.input.topic,
+        system,
+        group: this.input.group,
+        messageId: e.message.id,
+        links: link ? [link] : undefined,
+      }).end();
+    }
+  }
+
+  /**
+   * One settle span for the acks or nacks of one call or frame (messaging.batch.message_count
+   * when several), linked to each message's creation context; undefined when tracing is off.
+   */
+  settleSpan(rpc: string, receiptHandles: readonly string[], parent: Context | undefined): Span | undefined {
+    if (!tracingOn()) return undefined;
+    const links: Link[] = [];
+    for (const rh of receiptHandles) {
+      const link = messageLink(this.inFlight.get(rh)?.message.properties);
+      if (link) links.push(link);
+    }
+    return startMessagingSpan({
+      operation: 'settle',
+      operationName: rpc,
+      destination: this.input.topic,
+      system: messagingSystem(this.input.ref.broker.kind),
+      group: this.input.group,
+      parent,
+      links,
+      attributes: receiptHandles.length > 1 ? { [ATTR.batchCount]: receiptHandles.length } : undefined,
+    });
   }
 
   #endOfSubscription(a: Attachment): void {

@@ -7,6 +7,7 @@ import type { ConsumerRegistry } from './consumers.js';
 import type { Logger } from './log.js';
 import { messageOf } from './messages.js';
 import type { ProducerHandle, ProducerRegistry } from './producers.js';
+import type { SendTrace } from './service.js';
 import type { StatusMapper } from './status.js';
 import { ABORT_GRACE_MS } from './subscribe.js';
 import { bounded, LIMITS, requireId } from './validate.js';
@@ -24,6 +25,7 @@ export interface PublishDeps {
     handle: ProducerHandle,
     msg: OutgoingMessage,
     tx: { immunitySeconds: number } | undefined,
+    via: SendTrace,
   ): Promise<{ message_id: string; transaction_id: string }>;
 }
 
@@ -105,6 +107,7 @@ export class PublishStreams {
       let results: WirePublishResult[] = [];
       let flushScheduled = false;
       const chains = new Map<string, Promise<void>>();
+      const via: SendTrace = { rpc: 'Publish', caller: ctx.trace };
 
       const stream: PublishStream = {
         ctx,
@@ -214,7 +217,7 @@ export class PublishStreams {
           ? { immunitySeconds: entry.trans_check_immunity_time ?? 0 }
           : undefined;
         const run = (): Promise<void> =>
-          this.#deps.sendVia(h, msg, tx).then(
+          this.#deps.sendVia(h, msg, tx, via).then(
             (r) =>
               report(
                 {

@@ -5,11 +5,21 @@ import {
   type sendUnaryData,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
+import type { Context, Span } from '@opentelemetry/api';
 import type { PreparedTransaction } from '../brokers/broker.js';
 import { parseStart } from '../brokers/start.js';
 import { InvalidArgumentError, type MqError } from '../core/errors.js';
 import type { OutgoingMessage } from '../core/message.js';
 import { parseTagExpression } from '../core/tags.js';
+import {
+  ATTR,
+  endSpan,
+  messageContext,
+  messagingSystem,
+  startMessagingSpan,
+  tracingOn,
+  withTraceContext,
+} from '../core/tracing.js';
 import type { Audit } from './audit.js';
 import type { Action } from './auth.js';
 import { type Caller, makeCaller } from './callers.js';
@@ -69,6 +79,12 @@ const ABORT_GRACE_MS = 2000;
  * guard (calls.ts); ownership of ids is checked by the registries, which take the caller's
  * principal on every lookup.
  */
+/** Which RPC a send came through, and the caller's trace context, for its span. */
+export interface SendTrace {
+  readonly rpc: string;
+  readonly caller: Context | undefined;
+}
+
 export interface Service {
   readonly implementation: UntypedServiceImplementation;
   /** Periodic work of the stream handlers (stalled Publish streams). */
@@ -135,6 +151,19 @@ export function createService(deps: ServiceDeps): Service {
     }
   }
 
+  /** Ends `span` (if any) with the outcome of `work`, which it returns. */
+  const traced = async <T>(span: Span | undefined, work: Promise<T>): Promise<T> => {
+    if (!span) return work;
+    try {
+      const r = await work;
+      endSpan(span);
+      return r;
+    } catch (err) {
+      endSpan(span, err);
+      throw err;
+    }
+  };
+
   const producerOf = (req: { producer_id?: string }, ctx: CallContext): ProducerHandle =>
     producers.get(requireId(req.producer_id, 'producer_id', 'CreateProducer'), ctx.principal.name);
 
@@ -143,7 +172,10 @@ export function createService(deps: ServiceDeps): Service {
     ctx: CallContext,
     msg: OutgoingMessage,
   ): Promise<{ message_id: string }> {
-    const { message_id } = await sendVia(producerOf(req, ctx), msg, undefined);
+    const { message_id } = await sendVia(producerOf(req, ctx), msg, undefined, {
+      rpc: ctx.method,
+      caller: ctx.trace,
+    });
     return { message_id };
   }
 
@@ -157,7 +189,38 @@ export function createService(deps: ServiceDeps): Service {
    * Sends one message through the owner's producer: a plain send, or a half message registered
    * as a transaction (counted against the caller's pending-transaction quota).
    */
+  /**
+   * sendOnce inside a `send <topic>` span when tracing is on: its parent is the caller's trace
+   * context (gRPC metadata) or else the message's own traceparent, and the span's context is
+   * written into the message's properties, so the trace continues at every consumer.
+   */
   async function sendVia(
+    handle: ProducerHandle,
+    msg: OutgoingMessage,
+    tx: { immunitySeconds: number } | undefined,
+    via: SendTrace,
+  ): Promise<{ message_id: string; transaction_id: string }> {
+    if (!tracingOn()) return sendOnce(handle, msg, tx);
+    const span = startMessagingSpan({
+      operation: 'send',
+      operationName: via.rpc,
+      destination: handle.topic,
+      system: messagingSystem(handle.shared.ref.broker.kind),
+      parent: via.caller ?? messageContext(msg.properties),
+    });
+    msg.properties = withTraceContext(msg.properties, span);
+    try {
+      const r = await sendOnce(handle, msg, tx);
+      span.setAttribute(ATTR.messageId, r.message_id);
+      endSpan(span);
+      return r;
+    } catch (err) {
+      endSpan(span, err);
+      throw err;
+    }
+  }
+
+  async function sendOnce(
     handle: ProducerHandle,
     msg: OutgoingMessage,
     tx: { immunitySeconds: number } | undefined,
@@ -271,7 +334,7 @@ export function createService(deps: ServiceDeps): Service {
       const msg = build(req);
       const handle = producerOf(req, ctx);
       const immunitySeconds = req.trans_check_immunity_time || req.properties?.trans_check_immunity_time || 0;
-      return ok(await sendVia(handle, msg, { immunitySeconds }));
+      return ok(await sendVia(handle, msg, { immunitySeconds }, { rpc: ctx.method, caller: ctx.trace }));
     }),
 
     EndTransaction: unary(async (req: WireEndTransactionRequest, ctx) => {
@@ -290,7 +353,8 @@ export function createService(deps: ServiceDeps): Service {
         requireId(req.consumer_id, 'consumer_id', 'CreateConsumer'),
         ctx.principal.name,
       );
-      await s.ack(requireId(req.receipt_handle, 'receipt_handle', 'ReceiveMessages'));
+      const rh = requireId(req.receipt_handle, 'receipt_handle', 'ReceiveMessages');
+      await traced(s.settleSpan('AckMessage', [rh], ctx.trace), s.ack(rh));
       return ok({});
     }),
 
@@ -306,42 +370,38 @@ export function createService(deps: ServiceDeps): Service {
         'delay_ms',
         'MAX_NACK_DELAY',
       );
-      await s.nack(rh, delayMs);
+      await traced(s.settleSpan('NackMessage', [rh], ctx.trace), s.nack(rh, delayMs));
       return ok({});
     }),
 
     SendMessages: unary(async (req: WireSendMessagesRequest, ctx) => {
-      const handle = producers.get(
-        requireId(req.producer_id, 'producer_id', 'CreateProducer'),
-        ctx.principal.name,
-      );
+      const handle = producerOf(req, ctx);
       const entries = req.messages ?? [];
       checkBatchSize(entries.length, 'messages');
-      const results = await producers.use(handle, (p) => {
-        // Entries of one sharding key go one after another so their order holds on every broker;
-        // different keys (and keyless entries) go out concurrently.
-        const chains = new Map<string, Promise<unknown>>();
-        return Promise.all(
-          entries.map((entry): Promise<WireEntryResult> => {
-            let msg: OutgoingMessage;
-            try {
-              msg = build(entry);
-            } catch (err) {
-              return Promise.resolve(entryFailure(err));
-            }
-            const sendOne = (): Promise<WireEntryResult> =>
-              p
-                .send(msg)
-                .then((r) => ({ success: true, message: 'OK', message_id: r.messageId }), entryFailure);
-            if (msg.key === undefined) return sendOne();
-            const result = (chains.get(msg.key) ?? Promise.resolve()).then(sendOne);
-            chains.set(msg.key, result);
-            return result;
-          }),
-        );
-      });
+      const via: SendTrace = { rpc: 'SendMessages', caller: ctx.trace };
+      // Entries of one sharding key go one after another so their order holds on every broker;
+      // different keys (and keyless entries) go out concurrently.
+      const chains = new Map<string, Promise<unknown>>();
+      const results = await Promise.all(
+        entries.map((entry): Promise<WireEntryResult> => {
+          let msg: OutgoingMessage;
+          try {
+            msg = build(entry);
+          } catch (err) {
+            return Promise.resolve(entryFailure(err));
+          }
+          const sendOne = (): Promise<WireEntryResult> =>
+            sendVia(handle, msg, undefined, via).then(
+              (r) => ({ success: true, message: 'OK', message_id: r.message_id }),
+              entryFailure,
+            );
+          if (msg.key === undefined) return sendOne();
+          const result = (chains.get(msg.key) ?? Promise.resolve()).then(sendOne);
+          chains.set(msg.key, result);
+          return result;
+        }),
+      );
       const sent = results.filter((r) => r.success).length;
-      metrics.counts.messagesSent += sent;
       return {
         success: sent === results.length,
         message:
@@ -357,6 +417,7 @@ export function createService(deps: ServiceDeps): Service {
       );
       const handles = req.receipt_handles ?? [];
       checkBatchSize(handles.length, 'receipt_handles');
+      const span = s.settleSpan('AckMessages', handles, ctx.trace);
       const results = await Promise.all(
         handles.map((rh) =>
           s
@@ -364,6 +425,7 @@ export function createService(deps: ServiceDeps): Service {
             .then((): WireEntryResult => ({ success: true, message: 'OK', message_id: '' }), entryFailure),
         ),
       );
+      span?.end();
       const acked = results.filter((r) => r.success).length;
       return {
         success: acked === results.length,
@@ -430,6 +492,7 @@ export function createService(deps: ServiceDeps): Service {
         const ctx = callContext(call);
         const id = requireId(call.request.consumer_id, 'consumer_id', 'CreateConsumer');
         const sink: DeliverySink = {
+          rpc: 'ReceiveMessages',
           // One stream message per delivery (the wire contract); a batch is several writes.
           maxBatch: 16,
           maxBatchBytes: config.streamBufferBytes,

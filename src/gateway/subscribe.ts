@@ -102,9 +102,18 @@ export function subscribeHandler(
           `a Subscribe frame carries ${acks.length + nacks.length} acks and nacks; the limit is ${config.maxBatchSize} (MAX_BATCH_SIZE)`,
         );
       }
+      if (acks.length + nacks.length === 0) return;
+      // One settle span per frame (when tracing is on), ended when its acks and nacks are done.
+      const span = s.settleSpan(
+        'Subscribe',
+        nacks.length === 0 ? acks : [...acks, ...nacks.map((n) => n.receipt_handle ?? '')],
+        ctx.trace,
+      );
+      const work: Array<Promise<unknown>> | undefined = span ? [] : undefined;
       for (const rh of acks) {
         try {
-          s.ack(bounded(rh, 'receipt_handle', LIMITS.id), false).catch((err) => fail(rh, err));
+          const p = s.ack(bounded(rh, 'receipt_handle', LIMITS.id), false).catch((err) => fail(rh, err));
+          work?.push(p);
         } catch (err) {
           fail(rh, err);
         }
@@ -118,11 +127,13 @@ export function subscribeHandler(
             'delay_ms',
             'MAX_NACK_DELAY',
           );
-          s.nack(bounded(rh, 'receipt_handle', LIMITS.id), delayMs).catch((err) => fail(rh, err));
+          const p = s.nack(bounded(rh, 'receipt_handle', LIMITS.id), delayMs).catch((err) => fail(rh, err));
+          work?.push(p);
         } catch (err) {
           fail(rh, err);
         }
       }
+      if (span && work) void Promise.allSettled(work).then(() => span.end());
     };
 
     const apply = (frame: WireSubscribeRequest): void => {
@@ -161,6 +172,7 @@ export function subscribeHandler(
         }
       }
       const sink: DeliverySink = {
+        rpc: 'Subscribe',
         maxBatch,
         maxBatchBytes,
         maxInFlight: o.max_in_flight ?? 0,

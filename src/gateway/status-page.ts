@@ -23,10 +23,11 @@ header .meta { color: var(--dim); }
 #live::before { content: "\\25CF  "; }
 #live.live { color: var(--ok); } #live.reconnecting { color: var(--warn); } #live.down { color: var(--bad); }
 main { padding: 16px 24px; display: grid; gap: 16px;
-  grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); }
+  grid-template-columns: repeat(auto-fill, minmax(270px, 1fr)); align-items: start; }
 section { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 12px 16px; }
 section.wide { grid-column: 1 / -1; }
 h2 { font-size: 13px; text-transform: uppercase; letter-spacing: .06em; color: var(--dim); margin: 0 0 8px; }
+dl + h2, table + h2 { margin-top: 16px; }
 dl { display: grid; grid-template-columns: 1fr auto; gap: 4px 12px; margin: 0; }
 dt { color: var(--dim); } dd { margin: 0; text-align: right; font-variant-numeric: tabular-nums; font-weight: 600; }
 dd.alert { color: var(--bad); }

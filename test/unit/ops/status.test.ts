@@ -5,13 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { createServer, type IncomingHttpHeaders, request } from 'node:http';
+import { createServer } from 'node:http';
 import { type AddressInfo, connect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { createLogger } from '../../../src/gateway/log.js';
 import { StatusFeed } from '../../../src/gateway/status-feed.js';
 import { freePort } from '../../support/child-gateway.js';
 import { call, metadata, rawClient, startTestGateway, type TestGateway } from '../../support/gateway.js';
+import { httpGet as get } from '../../support/http.js';
 import { eventually, withLeakCheck } from '../../support/leaks.js';
 import { openSse } from '../../support/sse.js';
 
@@ -27,28 +28,6 @@ const keys = {
   access_key_secret: 'ak-SECRET-4711',
   instance_id: 'i',
 };
-
-interface Reply {
-  status: number;
-  headers: IncomingHttpHeaders;
-  body: string;
-}
-
-/** A GET on its own connection (no pool), so nothing stays open after it. */
-function get(url: string, headers: Record<string, string> = {}, method = 'GET'): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { agent: false, method, headers }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        body += c;
-      });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 interface Snapshot {
   brokers: Array<{ broker: string; ok: boolean }>;

@@ -94,6 +94,28 @@ test('promtool: the rules are valid, their unit tests pass, and every alert is t
   }
 });
 
+/** Stops a prometheus by its pid: SIGTERM, SIGKILL after 10 s; resolves with how it exited. */
+async function stop(
+  prom: ChildProcess | undefined,
+  output: () => string,
+): Promise<{ pid: number; code: number | string | null } | undefined> {
+  const pid = prom?.pid;
+  if (prom === undefined || pid === undefined) return undefined;
+  if (prom.exitCode !== null || prom.signalCode !== null)
+    return { pid, code: prom.exitCode ?? prom.signalCode };
+  const exited = new Promise<number | string | null>((r) =>
+    prom.once('exit', (code, signal) => r(code ?? signal)),
+  );
+  process.kill(pid, 'SIGTERM');
+  const force = setTimeout(() => {
+    console.log(`prometheus ${pid} ignored SIGTERM for 10 s; killing it:\n${output()}`);
+    process.kill(pid, 'SIGKILL');
+  }, 10_000);
+  const code = await exited;
+  clearTimeout(force);
+  return { pid, code };
+}
+
 interface QueryResult {
   status: string;
   error?: string;
@@ -110,6 +132,7 @@ test('a real Prometheus scrapes a live gateway, evaluates the rules without erro
       const dir = mkdtempSync(join(tmpdir(), 'mqgate-prometheus-'));
       let prom: ChildProcess | undefined;
       let output = '';
+      let stopped: { pid: number; code: number | string | null } | undefined;
       try {
         // The rule expressions name only what the gateway exports (and Prometheus's own `up`).
         const exposition = parseExposition((await httpGet(gw.metricsUrl, { accept: 'text/plain' })).body);
@@ -244,20 +267,14 @@ test('a real Prometheus scrapes a live gateway, evaluates the rules without erro
         console.log(`  ${exprs.length} dashboard expressions evaluated, ${withData} with data`);
         assert.ok(withData >= exprs.length / 2, `only ${withData} of ${exprs.length} expressions have data`);
       } finally {
-        if (prom?.pid !== undefined && prom.exitCode === null) {
-          const exited = new Promise<number | string | null>((r) =>
-            prom?.once('exit', (code, signal) => r(code ?? signal)),
-          );
-          process.kill(prom.pid, 'SIGTERM');
-          const force = setTimeout(() => prom?.pid && process.kill(prom.pid, 'SIGKILL'), 10_000);
-          const code = await exited;
-          clearTimeout(force);
-          assert.equal(code, 0, `prometheus did not stop cleanly on SIGTERM:\n${output}`);
-          assert.throws(() => process.kill(prom?.pid as number, 0), { code: 'ESRCH' }, 'the pid is gone');
-        }
+        stopped = await stop(prom, () => output);
         rmSync(dir, { recursive: true, force: true });
         await gw.close();
       }
+      // Asserted here, so a failure above is not hidden by one about stopping.
+      assert.ok(stopped, 'prometheus ran');
+      assert.equal(stopped.code, 0, `prometheus did not stop cleanly on SIGTERM:\n${output}`);
+      assert.throws(() => process.kill(stopped.pid, 0), { code: 'ESRCH' }, 'its pid is gone');
     },
     { timeoutMs: 15_000 },
   );

@@ -592,6 +592,25 @@ export class ConsumerRegistry {
     return n;
   }
 
+  /**
+   * Read-only, for the status page: per owner (principal name, '' when auth is off) its sessions,
+   * the streams attached to them and their unacked deliveries.
+   */
+  sessionsByOwner(): Map<string, { sessions: number; streams: number; inFlight: number }> {
+    const out = new Map<string, { sessions: number; streams: number; inFlight: number }>();
+    for (const s of this.#sessions.values()) {
+      let e = out.get(s.owner);
+      if (!e) {
+        e = { sessions: 0, streams: 0, inFlight: 0 };
+        out.set(s.owner, e);
+      }
+      e.sessions++;
+      if (s.attached) e.streams++;
+      e.inFlight += s.inFlight.size;
+    }
+    return out;
+  }
+
   async create(input: SessionInput): Promise<Session> {
     if (this.#closed)
       throw new MqError('UNAVAILABLE', 'the gateway is shutting down; retry against another instance');

@@ -26,6 +26,8 @@ export interface MetricSources {
   refusals(): Readonly<Record<RefusalReason, number>>;
   /** Each configured broker's kind and its counters (where the adapter keeps any). */
   brokers(): ReadonlyArray<{ broker: string; counters: BrokerCounters }>;
+  /** Each configured broker's health (the router's shared probe), for mqgate_broker_up. */
+  brokerHealth?(): Promise<ReadonlyArray<{ broker: string; ok: boolean }>>;
 }
 
 /** Sampling interval of the event-loop delay monitor. */
@@ -176,6 +178,16 @@ export class GatewayMetrics {
       'retainedBytes',
       'gauge',
     );
+    new Gauge({
+      name: 'mqgate_broker_up',
+      help: "1 when the broker answered the gateway's shared health probe (at most one a second) OK in time, else 0.",
+      labelNames: ['broker'],
+      registers: [r],
+      async collect() {
+        this.reset();
+        for (const b of (await sources.brokerHealth?.()) ?? []) this.set({ broker: b.broker }, b.ok ? 1 : 0);
+      },
+    });
     gauge('mqgate_connections', 'Open client connections on the gRPC port.', () => this.#live().connections);
     gauge('mqgate_broker_producers', 'Open broker producers.', () => this.#live().brokerProducers);
     gauge('mqgate_producer_handles', 'Live producer handles.', () => this.#live().producerHandles);

@@ -88,6 +88,13 @@ export class ProducerRegistry {
     return n;
   }
 
+  /** Read-only, for the status page: live handles per owner (principal name, '' when auth is off). */
+  handlesByOwner(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const h of this.#handles.values()) out.set(h.owner, (out.get(h.owner) ?? 0) + 1);
+    return out;
+  }
+
   async create(input: {
     ref: BrokerRef;
     endpoint: string;

@@ -18,6 +18,7 @@ import { brokerRedactor, type Redactor } from './redact.js';
 import { BrokerRouter } from './routing.js';
 import { createService, type Service } from './service.js';
 import { statusMapper } from './status.js';
+import { brokersUp, StatusPage, statusSnapshot } from './status-feed.js';
 import { TransactionRegistry } from './transactions.js';
 import { LIMITS } from './validate.js';
 
@@ -77,6 +78,7 @@ export class Gateway {
   #httpPort = 0;
   #activeUnary: () => number = () => 0;
   #service: Service | undefined;
+  #status: StatusPage | undefined;
 
   constructor(options: GatewayOptions = {}) {
     this.config = { ...loadConfig({}), ...options.config };
@@ -101,6 +103,7 @@ export class Gateway {
           broker: `${r.broker.kind}#${r.index}`,
           counters: r.broker.counters?.() ?? {},
         })),
+      brokerHealth: () => brokersUp(this.#router),
     });
     const common = { metrics: this.metrics, audit: this.audit, log: this.log };
     this.#producers = new ProducerRegistry({
@@ -136,6 +139,11 @@ export class Gateway {
     return this.#httpPort;
   }
 
+  /** The /status page (undefined before start): its event streams and timer, for tests. */
+  get statusPage(): StatusPage | undefined {
+    return this.#status;
+  }
+
   async start(): Promise<this> {
     const c = this.config;
     const tls = c.tlsCert !== '' && c.tlsKey !== '';
@@ -156,6 +164,22 @@ export class Gateway {
         );
       }
       this.#router = await BrokerRouter.open(c.brokers, c.ackTimeoutMs, this.log);
+      this.#status = new StatusPage({
+        auth,
+        audit: this.audit,
+        log: this.log,
+        // Event streams may take at most half the HTTP port's connections.
+        maxClients: Math.max(1, Math.min(16, Math.floor(c.maxHttpConnections / 2))),
+        snapshot: () =>
+          statusSnapshot({
+            metrics: this.metrics,
+            authEnabled: auth.enabled,
+            sessionsByOwner: () => this.#consumers.sessionsByOwner(),
+            handlesByOwner: () => this.#producers.handlesByOwner(),
+            brokers: () => brokersUp(this.#router),
+            closing: () => this.#closing,
+          }),
+      });
       const toStatus = statusMapper(this.redactor);
       const limits = requestLimits({ ...c, idLength: LIMITS.id });
       const guard = createCallGuard({
@@ -289,6 +313,7 @@ export class Gateway {
     this.#closing = true;
     const deadline = Date.now() + timeoutMs;
     if (this.#sweepTimer) clearInterval(this.#sweepTimer);
+    this.#status?.close();
     const shuttingDown = new MqError('UNAVAILABLE', 'the gateway is shutting down; reconnect to resume');
     this.#consumers.endStreams(shuttingDown);
     this.#service?.endStreams(shuttingDown);
@@ -352,6 +377,8 @@ export class Gateway {
         } else {
           send(res, 200, 'application/json', `${JSON.stringify(this.metrics.json(), null, 2)}\n`);
         }
+      } else if (path === '/status' || path === '/status/events') {
+        if (!(await this.#status?.serve(req, res, path))) send(res, 503, 'text/plain', 'not started\n');
       } else if (path === '/health') {
         send(
           res,
@@ -370,7 +397,7 @@ export class Gateway {
         const ready = !this.#closing && checks.length > 0 && checks.every((c) => c.ok);
         send(res, ready ? 200 : 503, 'application/json', JSON.stringify({ ready, brokers: checks }));
       } else {
-        send(res, 404, 'text/plain', 'not found: try /metrics, /health or /ready\n');
+        send(res, 404, 'text/plain', 'not found: try /metrics, /health, /ready or /status\n');
       }
     } catch (err) {
       this.log.error({ err }, 'HTTP handler failed');

@@ -68,6 +68,7 @@ describe('rocketmq adapter features', { timeout: 600_000 }, () => {
         transactions: true,
         tagFilter: true,
         durable: true,
+        startPosition: false,
       });
     } finally {
       await b.close();

@@ -25,6 +25,9 @@ describe('rocketmq no loss across a proxy restart and re-subscriptions', { timeo
     const [group] = (await makeFifoGroups(1)) as [string];
     const log = new MemoryLog();
     const broker = await openTestBroker({ log });
+    // Set when the test ends, so a failure elsewhere stops the senders instead of leaving them
+    // retrying (and rejecting) after the test has reported.
+    let ended = false;
     try {
       const producer = await broker.producer(topic);
       const sent = new Map<string, number>(); // id -> sequence number of its key
@@ -34,7 +37,7 @@ describe('rocketmq no loss across a proxy restart and re-subscriptions', { timeo
       const perKey = TOTAL / KEYS;
       // Paced to about 200 messages/s so sends are in flight while the proxy is down.
       const senders = Array.from({ length: KEYS }, async (_, k) => {
-        for (let i = 0; i < perKey; i++) {
+        for (let i = 0; i < perKey && !ended; i++) {
           await new Promise((r) => setTimeout(r, 80));
           const body = `${k}:${i}`;
           for (let attempt = 0; ; attempt++) {
@@ -43,14 +46,18 @@ describe('rocketmq no loss across a proxy restart and re-subscriptions', { timeo
               sent.set(messageId, i);
               nextSeq++;
               break;
-            } catch {
+            } catch (err) {
               sendFailures.count++;
-              if (attempt > 600) throw new Error(`gave up sending ${body}`);
+              if (ended) return;
+              if (attempt > 600) throw new Error(`gave up sending ${body}: ${String(err)}`);
               await new Promise((r) => setTimeout(r, 250));
             }
           }
         }
       });
+      // Observed here so a sender's failure never surfaces as an unhandled rejection; awaited below.
+      const sending = Promise.all(senders);
+      sending.catch(() => {});
 
       const firstSeen = new Map<string, number>(); // body -> count
       const firstOrder = new Map<number, number[]>(); // key -> seqs of first deliveries
@@ -96,7 +103,7 @@ describe('rocketmq no loss across a proxy restart and re-subscriptions', { timeo
       console.log(`proxy restart took ${Date.now() - restartStarted} ms`);
       await eventually(() => firstSeen.size >= 7_000, '7,000 messages consumed', 400_000);
       await resubscribe();
-      await Promise.all(senders);
+      await sending;
       const bodies = new Set<string>();
       for (const [, i] of sent) bodies.add(String(i));
       await eventually(
@@ -132,6 +139,7 @@ describe('rocketmq no loss across a proxy restart and re-subscriptions', { timeo
         );
       }
     } finally {
+      ended = true;
       await broker.close();
     }
   });

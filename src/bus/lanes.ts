@@ -6,8 +6,8 @@ import { Notifier } from '../core/lifecycle.js';
  * queue. A key always maps to the same lane (stable hash), so tasks with one key run in submit
  * order while different keys run concurrently; keyless tasks go to the least loaded lane.
  *
- * The seed event bus leaked a dispatcher goroutine because Close waited for the workers but not
- * for the loop feeding them. Here there is no dispatcher at all: submitters hand tasks straight
+ * A worker pool whose close waits for its workers but not for the loop feeding them leaves that
+ * loop running after close. Here there is no dispatcher at all: submitters hand tasks straight
  * to a lane (or wait in that lane's FIFO for a slot), and close() awaits every lane loop it
  * started, so nothing this class starts outlives the promise close() returns.
  */

@@ -3,7 +3,7 @@ import { InvalidArgumentError } from './errors.js';
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 /**
- * Parses durations written the way the seed's configuration writes them: `500ms`, `30s`, `2m`,
+ * Parses durations written as Go-style configuration writes them: `500ms`, `30s`, `2m`,
  * `1h`, `3d`, or a combination (`1m30s`). A bare number is rejected: its unit would be a guess.
  */
 export function parseDuration(text: string, what = 'duration'): number {

@@ -2,7 +2,7 @@ import { abortError, ClosedError } from './errors.js';
 
 /**
  * Runs every cleanup step even when an earlier one throws, then reports all failures at once.
- * This is the rule the seed gateways broke: one failing close must not leave the rest open.
+ * One failing close must not leave the rest open (a connection or timer kept alive by it).
  */
 export async function closeAll(steps: Iterable<(() => unknown) | undefined>): Promise<void> {
   const errors: unknown[] = [];

@@ -1,6 +1,6 @@
 /**
- * The message model shared by every layer. Bodies are bytes: the original gateway carried them
- * as proto3 strings, which made binary payloads impossible.
+ * The message model shared by every layer. Bodies are bytes, so binary payloads
+ * pass unchanged (a proto3 string field must be valid UTF-8; the wire's bytes field carries them).
  */
 
 /** What a publisher hands to a producer. */

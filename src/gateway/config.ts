@@ -2,11 +2,12 @@ import { readFileSync } from 'node:fs';
 import { parseBrokerUrl, redactUrl, SUPPORTED_SCHEMES } from '../brokers/index.js';
 import { formatDuration, parseDuration } from '../core/duration.js';
 import { InvalidArgumentError } from '../core/errors.js';
+import { parseSize, SIZE_FORMAT } from '../core/size.js';
 
 /**
  * Every setting lives in ONE table: its environment variable, its flag, its default, and its
  * parser. `mqgate serve --help` and the README's configuration table are generated from it, so a
- * documented variable that does nothing (one of the seed gateway's defects) cannot exist.
+ * documented variable that nothing reads cannot exist.
  * An invalid value stops start-up naming the variable and what it accepts; nothing falls back.
  */
 
@@ -189,7 +190,7 @@ export const SETTINGS: readonly AnySetting[] = [
     flag: '--max-message-size',
     kind: 'size',
     default: '4080KiB',
-    help: "Largest message: body, properties and keys together (bytes; KiB/MiB suffixes accepted). The default, 4 MiB less 16 KiB, leaves room for a delivery's other fields within a default gRPC client's 4 MiB receive limit.",
+    help: "Largest message: body, properties and keys together (bytes, or with a unit: KB/MB are powers of 1000, KiB/MiB of 1024). The default, 4 MiB less 16 KiB, leaves room for a delivery's other fields within a default gRPC client's 4 MiB receive limit.",
   }),
   defineSetting({
     key: 'maxProperties',
@@ -421,7 +422,7 @@ const ACCEPTS: Record<Kind, string> = {
   port: 'an integer from 0 to 65535',
   duration: 'a duration such as 500ms, 30s, 2m, 1h, 3d',
   int: 'a positive integer',
-  size: 'a size in bytes, optionally with KiB or MiB (e.g. 4MiB)',
+  size: SIZE_FORMAT,
   bool: 'true or false',
   string: 'a string',
   host: 'an IP address or host name',
@@ -434,14 +435,6 @@ function invalid(s: AnySetting, source: string, value: string, why?: string): ne
   throw new InvalidArgumentError(
     `invalid ${source} "${value}" for ${s.env}: ${why ? `${why}; ` : ''}it accepts ${ACCEPTS[s.kind as Kind]}`,
   );
-}
-
-export function parseSize(text: string): number | undefined {
-  const m = /^(\d+)\s*(B|KiB|KB|MiB|MB)?$/i.exec(text.trim());
-  if (!m) return undefined;
-  const unit = (m[2] ?? 'B').toLowerCase();
-  const mult = unit.startsWith('k') ? 1024 : unit.startsWith('m') ? 1024 * 1024 : 1;
-  return Number(m[1]) * mult;
 }
 
 /** A BROKERS value as it may be shown: every URL in it redacted. */

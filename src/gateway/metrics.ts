@@ -5,8 +5,9 @@ import { REFUSAL_REASONS, type RefusalReason } from './audit.js';
 
 /**
  * The gateway's metrics: plain counters on the hot path (an increment each), turned into
- * Prometheus metrics only when scraped, and into the seed's JSON field names for `curl | jq`.
- * Every counter here is incremented by real code paths; the seed's *_leak_detections never were.
+ * Prometheus metrics only when scraped, and into JSON for `curl | jq` with the field names
+ * existing dashboards of this gRPC service read (`active_producers`, `*_leak_detections`, ...).
+ * Every counter here is incremented by a real code path (tests assert each one moves).
  */
 
 export interface LiveCounts {
@@ -293,7 +294,7 @@ export class GatewayMetrics {
     }
   }
 
-  /** The seed's JSON shape (plus what it lacked), for `curl .../metrics | jq .`. */
+  /** The JSON shape existing dashboards read (plus newer fields), for `curl .../metrics | jq .`. */
   json(): Record<string, unknown> {
     const live = this.#live();
     const mem = process.memoryUsage();
@@ -323,7 +324,7 @@ export class GatewayMetrics {
       refusals: { ...this.#sources.refusals() },
       total_requests: this.#rpcTotal,
       failed_requests: this.#rpcFailed,
-      // The seed reported the last call's time here; this is the mean over every call.
+      // The mean over every call, not the last call's time, which says nothing about a load.
       avg_response_time_ms:
         this.#rpcTotal === 0 ? 0 : Math.round((this.#rpcSeconds / this.#rpcTotal) * 1e6) / 1000,
       active_handles: Object.fromEntries(activeResources()),

@@ -14,8 +14,8 @@ import type { BrokerRef } from './routing.js';
  * Producer handles and the broker producers they share.
  *
  * A handle is what CreateProducer returns. Handles with the same (endpoint, caller, instance,
- * topic) share one broker producer, counted by the set of live handles (not by copies of a
- * struct, the seed's bug). The broker producer closes when its last handle goes, or after
+ * topic) share one broker producer, counted by the set of live handles (not by a number that
+ * copies of a handle could each decrement). The broker producer closes when its last handle goes, or after
  * PRODUCER_CLEANUP_TIMEOUT without sends, and reopens on the next send: a live handle never sees
  * NOT_FOUND. Only a handle unused for PRODUCER_HANDLE_TTL is dropped, as a leak detection.
  */

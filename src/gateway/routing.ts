@@ -17,8 +17,8 @@ export interface BrokerRef {
 
 /**
  * Maps a request's `endpoint` to one of the configured brokers. The gateway opens exactly the
- * brokers it was configured with, at start-up; the seed bound itself to the first endpoint any
- * client ever sent, forever.
+ * brokers it was configured with, at start-up, so a client's `endpoint` value can select among
+ * them but never make the gateway connect anywhere else.
  */
 export class BrokerRouter {
   readonly refs: BrokerRef[] = [];

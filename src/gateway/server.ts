@@ -371,7 +371,7 @@ export class Gateway {
       } else if (path === '/metrics') {
         const accept = String(req.headers.accept ?? '');
         // Prometheus asks for OpenMetrics first and accepts text/plain 0.0.4, which we serve;
-        // a plain `curl | jq` sends */* and gets the seed's JSON.
+        // a plain `curl | jq` sends */* and gets JSON (Metrics.json's field names).
         if (/text\/plain|application\/openmetrics-text/.test(accept)) {
           send(res, 200, this.metrics.registry.contentType, await this.metrics.registry.metrics());
         } else {

@@ -1,5 +1,6 @@
 import { parseDuration } from '../../core/duration.js';
 import { InvalidArgumentError } from '../../core/errors.js';
+import { parseSize, SIZE_FORMAT } from '../../core/size.js';
 
 /** Settings of one embedded broker; every field has a default a user can run with. */
 export interface MemoryBrokerSettings {
@@ -47,27 +48,12 @@ export function defaultMaxBytes(maxTopicBytes: number): number {
   return Math.max(DEFAULT_MAX_BYTES, maxTopicBytes);
 }
 
-const SIZE_UNITS: Record<string, number> = {
-  '': 1,
-  b: 1,
-  kb: 1000,
-  kib: 1024,
-  mb: 1000 ** 2,
-  mib: 1024 ** 2,
-  gb: 1000 ** 3,
-  gib: 1024 ** 3,
-};
-
-/** `64MiB`, `512KiB`, `1GB`, or a plain number of bytes. */
-export function parseSize(text: string, what: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(text.trim());
-  const unit = m ? SIZE_UNITS[(m[2] ?? '').toLowerCase()] : undefined;
-  if (!m || unit === undefined) {
-    throw new InvalidArgumentError(
-      `${what}: "${text}" is not a size; write bytes or a number with a unit (B, KiB, MiB, GiB, KB, MB, GB), e.g. 64MiB`,
-    );
-  }
-  return Math.floor(Number(m[1]) * unit);
+/** A size setting: `64MiB`, `512KiB`, `1GB` or a plain number of bytes. */
+function sizeSetting(text: string, what: string): number {
+  const n = parseSize(text);
+  if (n === undefined)
+    throw new InvalidArgumentError(`${what}: "${text}" is not a size; write ${SIZE_FORMAT}`);
+  return n;
 }
 
 function parseInteger(text: string, what: string, min: number, max: number): number {
@@ -108,19 +94,19 @@ export function parseMemoryUrl(url: URL): MemoryBrokerSettings {
     const what = `memory broker URL parameter ${name}`;
     switch (name) {
       case 'maxTopicBytes':
-        settings.maxTopicBytes = parseSize(value, what);
+        settings.maxTopicBytes = sizeSetting(value, what);
         if (settings.maxTopicBytes < 1024) {
           throw new InvalidArgumentError(`${what}: "${value}" is too small; use at least 1KiB, e.g. 64MiB`);
         }
         break;
       case 'maxBytes':
-        maxBytes = parseSize(value, what);
+        maxBytes = sizeSetting(value, what);
         if (maxBytes < 1024) {
           throw new InvalidArgumentError(`${what}: "${value}" is too small; use at least 1KiB, e.g. 256MiB`);
         }
         break;
       case 'maxMessageBytes':
-        settings.maxMessageBytes = parseSize(value, what);
+        settings.maxMessageBytes = sizeSetting(value, what);
         if (settings.maxMessageBytes < 1) {
           throw new InvalidArgumentError(`${what}: "${value}" must be at least 1 byte, e.g. 4MiB`);
         }

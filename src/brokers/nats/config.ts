@@ -1,5 +1,6 @@
 import { parseDuration } from '../../core/duration.js';
 import { InvalidArgumentError } from '../../core/errors.js';
+import { parseSize, SIZE_FORMAT } from '../../core/size.js';
 
 export type NatsStorage = 'file' | 'memory';
 export type NatsRetention = 'limits' | 'workqueue' | 'interest';
@@ -34,17 +35,6 @@ const PARAMS = [
   'servers',
 ] as const;
 
-const BYTE_UNITS: Record<string, number> = {
-  '': 1,
-  b: 1,
-  kb: 1000,
-  mb: 1000 ** 2,
-  gb: 1000 ** 3,
-  kib: 1024,
-  mib: 1024 ** 2,
-  gib: 1024 ** 3,
-};
-
 function bad(param: string, value: string, accepts: string): InvalidArgumentError {
   return new InvalidArgumentError(
     `nats:// URL parameter ${param}="${value}" is not valid; ${param} accepts ${accepts}`,
@@ -58,18 +48,9 @@ function oneOf<T extends string>(param: string, value: string | null, allowed: r
 }
 
 function parseBytes(value: string): number {
-  const m = /^(\d+)\s*([a-zA-Z]*)$/.exec(value.trim());
-  const unit = BYTE_UNITS[(m?.[2] ?? '').toLowerCase()];
-  if (!m || unit === undefined) {
-    throw bad(
-      'maxBytes',
-      value,
-      'a whole number of bytes, optionally with a unit (e.g. 1048576, 512MiB, 10GB), or -1 for no limit',
-    );
-  }
-  const n = Number(m[1]) * unit;
-  if (!Number.isSafeInteger(n) || n <= 0) {
-    throw bad('maxBytes', value, 'a positive size (e.g. 512MiB) or -1 for no limit');
+  const n = parseSize(value);
+  if (n === undefined || n <= 0) {
+    throw bad('maxBytes', value, `${SIZE_FORMAT} (more than 0), or -1 for no limit`);
   }
   return n;
 }

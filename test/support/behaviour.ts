@@ -636,6 +636,28 @@ export function runBrokerBehaviourSuite(
       });
     });
 
+    test('leaving a for-await loop early closes the subscription and releases what it held', async () => {
+      await scoped(async () => {
+        const topic = await makeTopic('normal');
+        const group = await makeGroup(false);
+        const start = broker.capabilities.startPosition ? 'earliest' : undefined;
+        const sub = await broker.subscribe({ topic, group, start });
+        cleanups.push(() => sub.close());
+        const p = await producer(topic);
+        const { messageId } = await p.send({ body: 'left behind' });
+        for await (const d of sub) {
+          assert.equal(d.message.id, messageId);
+          break;
+        }
+        const after = await sub[Symbol.asyncIterator]().next();
+        assert.equal(after.done, true, 'the subscription is closed once the loop is left');
+        const second = await subscribe({ topic, group });
+        const again = await second.next(arrive, 'the redelivery to the next subscriber');
+        assert.equal(again.message.id, messageId);
+        await again.ack();
+      });
+    });
+
     test('closing a subscription ends a pending next()', async () => {
       await scoped(async () => {
         const topic = await makeTopic('normal');

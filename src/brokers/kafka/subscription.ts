@@ -242,8 +242,12 @@ export class KafkaSubscription implements Subscription {
   [Symbol.asyncIterator](): AsyncIterator<Delivery, undefined> {
     return {
       next: () => this.#next(),
-      // Leaving a for-await loop ends that loop only; close() ends the subscription.
-      return: async () => ({ value: undefined, done: true }),
+      // Leaving a for-await loop closes the subscription, as on every broker: that loop was its
+      // only reader, and its unsettled deliveries go back for redelivery.
+      return: async () => {
+        await this.close();
+        return { value: undefined, done: true };
+      },
     };
   }
 

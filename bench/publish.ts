@@ -182,7 +182,10 @@ async function measureBroker(target: Target): Promise<BrokerRow> {
     };
     console.log(
       `${target.kind} open loop ${OPEN_RATE}/s: gateway p50 ${open.gateway.p50Ms} p99 ${open.gateway.p99Ms} ms | direct p50 ` +
-        `${open.direct.p50Ms} p99 ${open.direct.p99Ms} ms | added p50 ${open.addedP50Ms} p99 ${open.addedP99Ms} ms`,
+        `${open.direct.p50Ms} p99 ${open.direct.p99Ms} ms | added p50 ${open.addedP50Ms} p99 ${open.addedP99Ms} ms` +
+        (og.errors + od.errors > 0
+          ? ` | errors ${og.errors}/${od.errors}: ${og.firstError ?? od.firstError}`
+          : ''),
     );
     return { broker: target.kind, closed, open, batch, stream, tracing };
   } finally {

@@ -13,12 +13,11 @@ import { randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { status } from '@grpc/grpc-js';
 import { decodeResponse } from '../../bench/lib/h2grpc.js';
-import { call, receive } from '../support/gateway.js';
+import { receive } from '../support/gateway.js';
 import { assertResourcesSettle, countResources, type ResourceCounts } from '../support/leaks.js';
 import {
   ALICE,
-  assertHealthy,
-  awaitMessage,
+  assertRoundTrip,
   BOB,
   createConsumer,
   createProducer,
@@ -74,19 +73,8 @@ describe('a request of 500,000 properties does not stall the gateway, with or wi
   let port = 0;
   let memBefore = 0;
 
-  const aliceUnaffected = async (): Promise<void> => {
-    const body = `alice-${randomUUID()}`;
-    await call(gw.alice, 'SendMessage', { producer_id: producer, message_body: body }, md(ALICE));
-    const m = await awaitMessage(stream, body);
-    await call(
-      gw.alice,
-      'AckMessage',
-      { consumer_id: consumer, receipt_handle: m.receipt_handle },
-      md(ALICE),
-    );
-    assert.equal(stream.ended, false);
-    await assertHealthy(gw.alice, ALICE);
-  };
+  const aliceUnaffected = (): Promise<void> =>
+    assertRoundTrip(gw.alice, ALICE, { producer: producer, consumer: consumer, stream: stream });
 
   /** Sends `frame` on its own connection while the stall meter runs. */
   const measured = async (

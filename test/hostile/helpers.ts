@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { type ClientHttp2Session, type ClientHttp2Stream, connect, constants } from 'node:http2';
 import { tmpdir } from 'node:os';
@@ -116,6 +117,29 @@ export function assertSameAsMissing(
 export async function assertHealthy(client: RawClient, token?: string): Promise<void> {
   const h = await call<{ healthy: boolean; message: string }>(client, 'HealthCheck', {}, md(token));
   assert.equal(h.healthy, true, `HealthCheck: ${h.message}`);
+}
+
+/**
+ * A tenant's own resources still work: a message sent through its producer reaches its stream and
+ * is acked, the stream is still open, and (unless `health` is false) HealthCheck answers healthy.
+ */
+export async function assertRoundTrip(
+  client: RawClient,
+  token: string,
+  own: { producer: string; consumer: string; stream: Stream },
+  options: { health?: boolean } = {},
+): Promise<void> {
+  const body = `own-${randomUUID()}`;
+  await call(client, 'SendMessage', { producer_id: own.producer, message_body: body }, md(token));
+  const m = await awaitMessage(own.stream, body);
+  await call(
+    client,
+    'AckMessage',
+    { consumer_id: own.consumer, receipt_handle: m.receipt_handle },
+    md(token),
+  );
+  assert.equal(own.stream.ended, false, `the stream ended: ${own.stream.error?.details ?? 'OK'}`);
+  if (options.health !== false) await assertHealthy(client, token);
 }
 
 /** The whole /metrics JSON (refusals included). */

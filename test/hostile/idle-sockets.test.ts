@@ -13,7 +13,7 @@ import { assertResourcesSettle, countResources, eventually, type ResourceCounts 
 import {
   ALICE,
   assertHealthy,
-  awaitMessage,
+  assertRoundTrip,
   createConsumer,
   createProducer,
   encode,
@@ -108,19 +108,8 @@ describe('idle and trickling connections are closed after HEADERS_TIMEOUT; worki
   let stream: Stream;
   let httpPort = 0;
 
-  const aliceUnaffected = async (): Promise<void> => {
-    const body = `alice-${randomUUID()}`;
-    await call(gw.alice, 'SendMessage', { producer_id: producer, message_body: body }, md(ALICE));
-    const m = await awaitMessage(stream, body);
-    await call(
-      gw.alice,
-      'AckMessage',
-      { consumer_id: consumer, receipt_handle: m.receipt_handle },
-      md(ALICE),
-    );
-    assert.equal(stream.ended, false, `alice's stream ended: ${stream.error?.details}`);
-    await assertHealthy(gw.alice, ALICE);
-  };
+  const aliceUnaffected = (): Promise<void> =>
+    assertRoundTrip(gw.alice, ALICE, { producer: producer, consumer: consumer, stream: stream });
 
   before(async () => {
     baseline = countResources();

@@ -1,0 +1,307 @@
+import { KeyedLanes } from '../../bus/lanes.js';
+import { ClosedError, isMqError } from '../../core/errors.js';
+import { delay } from '../../core/lifecycle.js';
+import type { OutgoingMessage } from '../../core/message.js';
+import type { BrokerLog, Delivery, Subscription } from '../broker.js';
+import { checkHoldable, decodeHeld, encodeHeld, type HeldKind, type HeldMessage } from './record.js';
+
+/**
+ * Delayed and transactional messages on brokers that cannot hold a message themselves (Kafka,
+ * NATS JetStream 2.9): ONE mechanism for both. A held message is written as an ordinary record
+ * to an internal topic of the same broker (so it is as durable as the broker, survives a gateway
+ * restart, and several gateways share the work through one consumer group), and a mover
+ * consuming those topics publishes it to its target topic when due, with its original key, tag,
+ * properties, body and message id, THEN acks the holding record: a crash between the two gives
+ * a duplicate (counted), never a loss.
+ *
+ * Waiting is the broker's own: a record not yet due is nacked with `delayMs = due - now`, which
+ * on NATS is a JetStream nak with delay (the server redelivers it at the due time, per message)
+ * and on Kafka pauses the record's partition until its head is due (the adapter's nack rewinds
+ * and schedules the partition on its Scheduler). So there is no timer here, no in-memory index
+ * of held messages, and nothing to rebuild after a restart.
+ *
+ * Tiers: a Kafka partition can only wait for its head, so a record due in an hour must not sit
+ * in front of one due in a second. A backend therefore offers tiers: a record goes to the tier
+ * with the longest span not longer than its remaining delay, waits there at most that span
+ * (records of one tier are in due order up to clock skew, because they all wait the same span),
+ * then moves on to the tier for what remains (a "hop"), RocketMQ 4 style. The last part (less
+ * than the shortest span) waits in the exact tier (span Infinity) until its due time. NATS has
+ * per-message redelivery times, so it uses the exact tier alone.
+ *
+ * Transactions: a prepared message is held with its immunity deadline as due time, so it is
+ * committed at that deadline by whichever gateway runs the mover, even after the gateway that
+ * prepared it stopped. How EndTransaction finishes it early is the backend's business (NATS
+ * deletes the held record by sequence after publishing or instead of it).
+ */
+export interface HoldingTier {
+  /** The internal topic of this tier. */
+  readonly topic: string;
+  /** How long a record waits in this tier at most; Infinity: until its due time. */
+  readonly spanMs: number;
+}
+
+/** What the holding stored: an adapter-specific reference to the record (NATS: stream sequence). */
+export interface StoredRecord {
+  readonly ref?: number | undefined;
+}
+
+export interface HoldingBackend {
+  /** The broker's name for messages ('Kafka', 'NATS JetStream'). */
+  readonly broker: string;
+  /** Exactly one tier with spanMs Infinity; the others finite. */
+  readonly tiers: readonly HoldingTier[];
+  /** Writes a holding record to a tier's topic; resolves once the broker stored it. */
+  store(tier: HoldingTier, record: OutgoingMessage, held: HeldMessage): Promise<StoredRecord>;
+  /** Publishes the held message to its target topic with its id; `duplicate` if it was there already. */
+  release(held: HeldMessage): Promise<{ duplicate: boolean }>;
+  /** A subscription of the shared mover group on a tier's topic. */
+  subscribe(tier: HoldingTier, group: string): Promise<Subscription>;
+}
+
+/** Lateness buckets (ms, upper bounds) of released messages; the last bucket is everything above. */
+export const LATENESS_BUCKETS_MS = [10, 50, 100, 250, 500, 1000, 5000] as const;
+
+export interface HoldingStats {
+  /** Messages written to the holding storage by this process, by kind (hops not included). */
+  heldDelay: number;
+  heldTransaction: number;
+  /** Held messages this process published to their target topic. */
+  moved: number;
+  /** Records moved from one tier to a shorter one. */
+  hops: number;
+  /** Moves that were (or will be) done twice: a release the broker saw before, or an ack that came too late. */
+  duplicates: number;
+  /** Records in a holding topic that are not holding records (acked and dropped). */
+  malformed: number;
+  /** Release or hop attempts that failed and were retried. */
+  failures: number;
+  /** How late releases were (publish done minus due time). */
+  latenessCount: number;
+  latenessSumMs: number;
+  latenessMaxMs: number;
+  /** Count per LATENESS_BUCKETS_MS bucket, plus one for above the last bound. */
+  latenessBuckets: number[];
+}
+
+export interface HoldingOptions {
+  log?: BrokerLog | undefined;
+  /** The consumer group every gateway's mover shares. */
+  group?: string | undefined;
+  /** Records moved at once (different keys); a key's records move one at a time. */
+  concurrency?: number | undefined;
+}
+
+export const HOLDING_GROUP = 'mqgate-holding';
+const RETRY_MIN_MS = 200;
+const RETRY_MAX_MS = 5_000;
+/** A release or hop that failed is retried after this long. */
+const FAILED_MOVE_RETRY_MS = 1_000;
+
+function text(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function ignoreNotFound(err: unknown): void {
+  if (isMqError(err) && (err.code === 'NOT_FOUND' || err.code === 'CLOSED')) return;
+  throw err;
+}
+
+export class Holding {
+  readonly stats: HoldingStats = {
+    heldDelay: 0,
+    heldTransaction: 0,
+    moved: 0,
+    hops: 0,
+    duplicates: 0,
+    malformed: 0,
+    failures: 0,
+    latenessCount: 0,
+    latenessSumMs: 0,
+    latenessMaxMs: 0,
+    latenessBuckets: new Array<number>(LATENESS_BUCKETS_MS.length + 1).fill(0),
+  };
+  readonly #backend: HoldingBackend;
+  readonly #log: BrokerLog | undefined;
+  readonly #group: string;
+  readonly #exact: HoldingTier;
+  /** Finite tiers, longest span first. */
+  readonly #finite: HoldingTier[];
+  readonly #lanes: KeyedLanes;
+  readonly #abort = new AbortController();
+  readonly #subscriptions = new Set<Subscription>();
+  #loops: Promise<void>[] | undefined;
+  #closing: Promise<void> | undefined;
+
+  constructor(backend: HoldingBackend, options: HoldingOptions = {}) {
+    this.#backend = backend;
+    this.#log = options.log;
+    this.#group = options.group ?? HOLDING_GROUP;
+    const exact = backend.tiers.filter((t) => t.spanMs === Number.POSITIVE_INFINITY);
+    if (exact.length !== 1) throw new Error('a holding backend needs exactly one tier with spanMs Infinity');
+    this.#exact = exact[0] as HoldingTier;
+    this.#finite = backend.tiers.filter((t) => Number.isFinite(t.spanMs)).sort((a, b) => b.spanMs - a.spanMs);
+    const concurrency = options.concurrency ?? 16;
+    this.#lanes = new KeyedLanes({
+      lanes: concurrency,
+      queueSize: 4,
+      onError: (err) => this.#log?.error({ err: text(err) }, 'holding move failed unexpectedly'),
+    });
+  }
+
+  /** Whether the movers run (started by start(), or by the first hold()). */
+  get started(): boolean {
+    return this.#loops !== undefined;
+  }
+
+  /** The tier a record with `remainingMs` to wait goes to. */
+  tierFor(remainingMs: number): HoldingTier {
+    for (const t of this.#finite) if (t.spanMs <= remainingMs) return t;
+    return this.#exact;
+  }
+
+  /**
+   * Holds a message until `dueAt` on the broker; starts the movers if they do not run yet.
+   * Resolves once the broker stored it.
+   */
+  async hold(
+    topic: string,
+    message: OutgoingMessage,
+    options: { id: string; kind: HeldKind; dueAt: number; txId?: string | undefined },
+  ): Promise<StoredRecord> {
+    if (this.#closing !== undefined) throw new ClosedError(`${this.#backend.broker} holding is closed`);
+    checkHoldable(message);
+    const held: HeldMessage = {
+      id: options.id,
+      topic,
+      kind: options.kind,
+      dueAt: options.dueAt,
+      heldAt: Date.now(),
+      txId: options.txId,
+      body: message.body,
+      key: message.key,
+      tag: message.tag,
+      businessKey: message.businessKey,
+      properties: message.properties ?? {},
+    };
+    this.start();
+    const stored = await this.#store(held);
+    if (options.kind === 'delay') this.stats.heldDelay++;
+    else this.stats.heldTransaction++;
+    return stored;
+  }
+
+  #store(held: HeldMessage): Promise<StoredRecord> {
+    const tier = this.tierFor(held.dueAt - held.heldAt);
+    return this.#backend.store(tier, encodeHeld(held), held);
+  }
+
+  /** Starts one mover per tier (idempotent); they retry on their own until close(). */
+  start(): void {
+    if (this.#loops !== undefined || this.#closing !== undefined) return;
+    this.#loops = this.#backend.tiers.map((t) => this.#move(t));
+  }
+
+  async #move(tier: HoldingTier): Promise<void> {
+    const signal = this.#abort.signal;
+    let failures = 0;
+    while (!signal.aborted) {
+      let sub: Subscription;
+      try {
+        sub = await this.#backend.subscribe(tier, this.#group);
+      } catch (err) {
+        if (signal.aborted) return;
+        failures++;
+        this.#log?.warn(
+          { err: text(err), topic: tier.topic, failures },
+          'holding mover cannot subscribe; retrying',
+        );
+        await delay(Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** Math.min(failures, 5)), signal).catch(
+          () => {},
+        );
+        continue;
+      }
+      failures = 0;
+      this.#subscriptions.add(sub);
+      try {
+        if (signal.aborted) return;
+        for await (const d of sub) {
+          const key = d.message.key;
+          await this.#lanes.submit(() => this.#handle(tier, d), { key, signal });
+        }
+      } catch (err) {
+        if (!signal.aborted)
+          this.#log?.warn({ err: text(err), topic: tier.topic }, 'holding mover stopped; restarting');
+      } finally {
+        this.#subscriptions.delete(sub);
+        await sub.close().catch(() => {});
+      }
+    }
+  }
+
+  async #handle(tier: HoldingTier, d: Delivery): Promise<void> {
+    const held = decodeHeld(d.message);
+    if (held === undefined) {
+      this.stats.malformed++;
+      this.#log?.warn({ topic: tier.topic, id: d.message.id }, 'not a holding record; dropped');
+      await d.ack().catch(ignoreNotFound);
+      return;
+    }
+    const now = Date.now();
+    const releaseAt = Number.isFinite(tier.spanMs)
+      ? Math.min(held.dueAt, held.heldAt + tier.spanMs)
+      : held.dueAt;
+    if (releaseAt > now) {
+      await d.nack({ delayMs: releaseAt - now }).catch(ignoreNotFound);
+      return;
+    }
+    try {
+      if (held.dueAt > now) {
+        await this.#store({ ...held, heldAt: now });
+        this.stats.hops++;
+      } else {
+        const r = await this.#backend.release(held);
+        this.stats.moved++;
+        if (r.duplicate) this.stats.duplicates++;
+        this.#lateness(Date.now() - held.dueAt);
+      }
+    } catch (err) {
+      this.stats.failures++;
+      this.#log?.warn({ err: text(err), id: held.id, topic: held.topic }, 'holding move failed; retrying');
+      await d.nack({ delayMs: FAILED_MOVE_RETRY_MS }).catch(ignoreNotFound);
+      return;
+    }
+    try {
+      await d.ack();
+    } catch (err) {
+      // The record is delivered again (its subscription closed, or a rebalance took it): the
+      // move will be done a second time.
+      ignoreNotFound(err);
+      this.stats.duplicates++;
+    }
+  }
+
+  #lateness(ms: number): void {
+    const late = Math.max(0, ms);
+    const s = this.stats;
+    s.latenessCount++;
+    s.latenessSumMs += late;
+    if (late > s.latenessMaxMs) s.latenessMaxMs = late;
+    let i = 0;
+    while (i < LATENESS_BUCKETS_MS.length && late > (LATENESS_BUCKETS_MS[i] as number)) i++;
+    s.latenessBuckets[i] = (s.latenessBuckets[i] ?? 0) + 1;
+  }
+
+  /** Stops the movers; records they held go back to the broker for another mover. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.#abort.abort();
+    const lanes = this.#lanes.close({ abort: true });
+    await Promise.allSettled([...this.#subscriptions].map((s) => s.close()));
+    await Promise.allSettled(this.#loops ?? []);
+    await lanes;
+  }
+}

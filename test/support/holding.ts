@@ -85,6 +85,10 @@ export function runHoldingSuite(name: string, options: HoldingSuiteOptions): voi
           arrivals.push({ i, at, deliverAt });
         }
         const lateness = arrivals.map((a) => a.at - a.deliverAt);
+        const sorted = [...lateness].sort((a, b) => a - b);
+        const report = `lateness over ${n} messages: p50 ${percentile(sorted, 50)} ms, p99 ${percentile(sorted, 99)} ms, max ${sorted[sorted.length - 1]} ms; in arrival order: ${arrivals.map((a) => `${a.i}:+${a.at - a.deliverAt}`).join(' ')}`;
+        t.diagnostic(report);
+        console.log(`[${name}] ${report}`);
         for (const a of arrivals) {
           assert.ok(
             a.at >= a.deliverAt,
@@ -96,14 +100,10 @@ export function runHoldingSuite(name: string, options: HoldingSuiteOptions): voi
           const cur = arrivals[k] as (typeof arrivals)[number];
           if (cur.deliverAt + orderTolerance < prev.deliverAt) {
             assert.fail(
-              `message ${cur.i} (due ${cur.deliverAt}) arrived after message ${prev.i} (due ${prev.deliverAt})`,
+              `message ${cur.i} (due ${cur.deliverAt}) arrived after message ${prev.i} (due ${prev.deliverAt}); ${report}`,
             );
           }
         }
-        const sorted = [...lateness].sort((a, b) => a - b);
-        const report = `lateness over ${n} messages: p50 ${percentile(sorted, 50)} ms, p99 ${percentile(sorted, 99)} ms, max ${sorted[sorted.length - 1]} ms`;
-        t.diagnostic(report);
-        console.log(`[${name}] ${report}`);
         assert.ok((sorted[sorted.length - 1] as number) <= maxLateness, report);
         await sub.close();
         await p.close();

@@ -3,7 +3,16 @@ import { ClosedError, isMqError } from '../../core/errors.js';
 import { delay } from '../../core/lifecycle.js';
 import type { OutgoingMessage } from '../../core/message.js';
 import type { BrokerLog, Delivery, Subscription } from '../broker.js';
-import { checkHoldable, decodeHeld, encodeHeld, type HeldKind, type HeldMessage } from './record.js';
+import {
+  checkHoldable,
+  type Decision,
+  decodeDecision,
+  decodeHeld,
+  encodeDecision,
+  encodeHeld,
+  type HeldKind,
+  type HeldMessage,
+} from './record.js';
 
 /**
  * Delayed and transactional messages on brokers that cannot hold a message themselves (Kafka,
@@ -24,14 +33,19 @@ import { checkHoldable, decodeHeld, encodeHeld, type HeldKind, type HeldMessage 
  * in front of one due in a second. A backend therefore offers tiers: a record goes to the tier
  * with the longest span not longer than its remaining delay, waits there at most that span
  * (records of one tier are in due order up to clock skew, because they all wait the same span),
- * then moves on to the tier for what remains (a "hop"), RocketMQ 4 style. The last part (less
+ * then moves on to the tier for what remains (a "hop"), RocketMQ 4 style. A hop counts the
+ * next wait from when the record was due to leave, so hop latency does not accumulate. The last part (less
  * than the shortest span) waits in the exact tier (span Infinity) until its due time. NATS has
  * per-message redelivery times, so it uses the exact tier alone.
  *
  * Transactions: a prepared message is held with its immunity deadline as due time, so it is
  * committed at that deadline by whichever gateway runs the mover, even after the gateway that
- * prepared it stopped. How EndTransaction finishes it early is the backend's business (NATS
- * deletes the held record by sequence after publishing or instead of it).
+ * prepared it stopped. How EndTransaction finishes it early is the backend's business: NATS
+ * deletes the held record by sequence (after publishing it, or instead); Kafka cannot delete a
+ * record, so commit publishes the message and then writes a decision record, rollback writes
+ * one, to a decisions topic every mover reads in full (`HoldingBackend.decisions`); a mover
+ * drops a held transaction whose decision it has seen, and commits an undecided one only
+ * DECISION_GRACE_MS after its deadline, so a decision written before the deadline is seen first.
  */
 export interface HoldingTier {
   /** The internal topic of this tier. */
@@ -56,7 +70,18 @@ export interface HoldingBackend {
   release(held: HeldMessage): Promise<{ duplicate: boolean }>;
   /** A subscription of the shared mover group on a tier's topic. */
   subscribe(tier: HoldingTier, group: string): Promise<Subscription>;
+  /** Where transaction decisions are kept as records (brokers that cannot delete a held record). */
+  readonly decisions?: {
+    write(record: OutgoingMessage): Promise<void>;
+    /** A subscription reading every decision from the start (a group of this process's own). */
+    subscribe(): Promise<Subscription>;
+  };
 }
+
+/** An undecided transaction is committed this long after its immunity deadline (decision records only). */
+export const DECISION_GRACE_MS = 2_000;
+/** Decisions are remembered this long after they were read. */
+const DECISION_MEMORY_MS = 24 * 3_600_000;
 
 /** Lateness buckets (ms, upper bounds) of released messages; the last bucket is everything above. */
 export const LATENESS_BUCKETS_MS = [10, 50, 100, 250, 500, 1000, 5000] as const;
@@ -130,6 +155,8 @@ export class Holding {
   readonly #abort = new AbortController();
   readonly #subscriptions = new Set<Subscription>();
   #loops: Promise<void>[] | undefined;
+  /** Transaction decisions read from the decisions topic, in read order (for pruning). */
+  readonly #decided = new Map<string, { decision: Decision; at: number }>();
   #closing: Promise<void> | undefined;
 
   constructor(backend: HoldingBackend, options: HoldingOptions = {}) {
@@ -190,29 +217,79 @@ export class Holding {
     return stored;
   }
 
+  /** When a held record is released: its due time, plus the grace where decisions are records. */
+  #releaseTime(held: HeldMessage): number {
+    return held.kind === 'transaction' && this.#backend.decisions !== undefined
+      ? held.dueAt + DECISION_GRACE_MS
+      : held.dueAt;
+  }
+
   #store(held: HeldMessage): Promise<StoredRecord> {
-    const tier = this.tierFor(held.dueAt - held.heldAt);
+    const tier = this.tierFor(this.#releaseTime(held) - held.heldAt);
     return this.#backend.store(tier, encodeHeld(held), held);
   }
 
   /** Starts one mover per tier (idempotent); they retry on their own until close(). */
   start(): void {
     if (this.#loops !== undefined || this.#closing !== undefined) return;
-    this.#loops = this.#backend.tiers.map((t) => this.#move(t));
+    this.#loops = this.#backend.tiers.map((t) =>
+      this.#consume(
+        t.topic,
+        () => this.#backend.subscribe(t, this.#group),
+        (d) => this.#handle(t, d),
+      ),
+    );
+    const decisions = this.#backend.decisions;
+    if (decisions !== undefined) {
+      this.#loops.push(
+        this.#consume(
+          'decisions',
+          () => decisions.subscribe(),
+          (d) => this.#decision(d),
+        ),
+      );
+    }
   }
 
-  async #move(tier: HoldingTier): Promise<void> {
+  /** Records a transaction's outcome where the backend keeps decision records. */
+  async decide(txId: string, decision: Decision): Promise<void> {
+    const decisions = this.#backend.decisions;
+    if (decisions === undefined) throw new Error('this holding backend keeps no decision records');
+    if (this.#closing !== undefined) throw new ClosedError(`${this.#backend.broker} holding is closed`);
+    this.start();
+    await decisions.write(encodeDecision(txId, decision));
+  }
+
+  async #decision(d: Delivery): Promise<void> {
+    const r = decodeDecision(d.message);
+    if (r !== undefined) {
+      const now = Date.now();
+      this.#decided.delete(r.txId);
+      this.#decided.set(r.txId, { decision: r.decision, at: now });
+      for (const [tx, v] of this.#decided) {
+        if (now - v.at < DECISION_MEMORY_MS) break;
+        this.#decided.delete(tx);
+      }
+    }
+    await d.ack().catch(ignoreNotFound);
+  }
+
+  async #consume(
+    what: string,
+    subscribe: () => Promise<Subscription>,
+    handle: (d: Delivery) => Promise<void>,
+  ): Promise<void> {
     const signal = this.#abort.signal;
     let failures = 0;
     while (!signal.aborted) {
       let sub: Subscription;
       try {
-        sub = await this.#backend.subscribe(tier, this.#group);
+        sub = await subscribe();
       } catch (err) {
         if (signal.aborted) return;
         failures++;
         this.#log?.warn(
-          { err: text(err), topic: tier.topic, failures },
+          { err: text(err), topic: what, failures },
           'holding mover cannot subscribe; retrying',
         );
         await delay(Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** Math.min(failures, 5)), signal).catch(
@@ -226,11 +303,11 @@ export class Holding {
         if (signal.aborted) return;
         for await (const d of sub) {
           const key = d.message.key;
-          await this.#lanes.submit(() => this.#handle(tier, d), { key, signal });
+          await this.#lanes.submit(() => handle(d), { key, signal });
         }
       } catch (err) {
         if (!signal.aborted)
-          this.#log?.warn({ err: text(err), topic: tier.topic }, 'holding mover stopped; restarting');
+          this.#log?.warn({ err: text(err), topic: what }, 'holding mover stopped; restarting');
       } finally {
         this.#subscriptions.delete(sub);
         await sub.close().catch(() => {});
@@ -246,23 +323,34 @@ export class Holding {
       await d.ack().catch(ignoreNotFound);
       return;
     }
+    if (
+      held.kind === 'transaction' &&
+      this.#backend.decisions !== undefined &&
+      held.txId !== undefined &&
+      this.#decided.has(held.txId)
+    ) {
+      // Committed (commit() published it) or rolled back: nothing left to move.
+      await d.ack().catch(ignoreNotFound);
+      return;
+    }
+    const dueAt = this.#releaseTime(held);
     const now = Date.now();
-    const releaseAt = Number.isFinite(tier.spanMs)
-      ? Math.min(held.dueAt, held.heldAt + tier.spanMs)
-      : held.dueAt;
+    const releaseAt = Number.isFinite(tier.spanMs) ? Math.min(dueAt, held.heldAt + tier.spanMs) : dueAt;
     if (releaseAt > now) {
       await d.nack({ delayMs: releaseAt - now }).catch(ignoreNotFound);
       return;
     }
     try {
-      if (held.dueAt > now) {
-        await this.#store({ ...held, heldAt: now });
+      if (dueAt > now) {
+        // heldAt is when it was due to leave this tier, not now: the next tier's wait is counted
+        // from there, so the time a hop takes is absorbed instead of adding up over the hops.
+        await this.#store({ ...held, heldAt: releaseAt });
         this.stats.hops++;
       } else {
         const r = await this.#backend.release(held);
         this.stats.moved++;
         if (r.duplicate) this.stats.duplicates++;
-        this.#lateness(Date.now() - held.dueAt);
+        this.#lateness(Date.now() - dueAt);
       }
     } catch (err) {
       this.stats.failures++;

@@ -90,6 +90,21 @@ export function decodeHeld(m: Message): HeldMessage | undefined {
   };
 }
 
+/** The outcome of a transaction, written by EndTransaction where the backend keeps decisions. */
+export type Decision = 'commit' | 'rollback';
+const P_DECISION = `${HOLD_PREFIX}decision`;
+
+export function encodeDecision(txId: string, decision: Decision): OutgoingMessage {
+  return { body: '', key: txId, properties: { [P_TX]: txId, [P_DECISION]: decision } };
+}
+
+export function decodeDecision(m: Message): { txId: string; decision: Decision } | undefined {
+  const txId = m.properties[P_TX];
+  const decision = m.properties[P_DECISION];
+  if (!txId || (decision !== 'commit' && decision !== 'rollback')) return undefined;
+  return { txId, decision };
+}
+
 /** The message released to the target topic: the original fields, no holding properties. */
 export function releasedMessage(h: HeldMessage): OutgoingMessage {
   return {

@@ -3,7 +3,7 @@ import { Producer as KafkaProducer, type MessageToProduce } from '@platformatic/
 import { ClosedError, MqError, ResourceExhaustedError, UnsupportedError } from '../../core/errors.js';
 import { closeAll, closeOnce } from '../../core/lifecycle.js';
 import type { OutgoingMessage } from '../../core/message.js';
-import type { PreparedTransaction, Producer, SendResult } from '../broker.js';
+import type { PreparedTransaction, PrepareOptions, Producer, SendResult } from '../broker.js';
 import { type EncodedRecord, encodeMessage, messageId } from './codec.js';
 import type { KafkaConfig } from './config.js';
 import { toKafkaMqError } from './errors.js';
@@ -31,8 +31,8 @@ export interface TopicInfo {
 export function rejectDeliverAt(message: OutgoingMessage): void {
   if (message.deliverAt !== undefined) {
     throw new UnsupportedError(
-      'Kafka has no delayed delivery: deliverAt cannot be honoured on a kafka:// broker; ' +
-        'send without deliverAt, or use a broker with capabilities.delay (memory, rocketmq)',
+      'a Kafka transaction cannot also be delayed: prepare() with a deliverAt is not supported on a kafka:// broker; ' +
+        'send the delayed message without a transaction, or prepare it without deliverAt',
     );
   }
 }
@@ -90,9 +90,15 @@ export class KafkaSender {
     return this.#transactions.size;
   }
 
-  send(topic: string, message: OutgoingMessage): Promise<SendResult> {
+  /** `id`: a released held message's id, carried in a header (see codec.ts HEADER_ID). */
+  send(topic: string, message: OutgoingMessage, id?: string): Promise<SendResult> {
     if (this.#closed) return Promise.reject(new ClosedError('the Kafka broker is closed'));
-    const record = encodeMessage(message, Date.now());
+    let record: EncodedRecord;
+    try {
+      record = encodeMessage(message, Date.now(), id);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return new Promise<SendResult>((resolve, reject) => {
       this.#queue.push({ topic, record, resolve, reject });
       this.#flushing ??= this.#flushLoop();
@@ -298,22 +304,45 @@ export class KafkaTopicProducer implements Producer {
   #closed = false;
   readonly #onClose: () => void;
 
-  constructor(topic: string, sender: KafkaSender, onClose: () => void) {
+  readonly #hold: (topic: string, message: OutgoingMessage) => Promise<SendResult>;
+
+  constructor(
+    topic: string,
+    sender: KafkaSender,
+    onClose: () => void,
+    hold: (topic: string, message: OutgoingMessage) => Promise<SendResult>,
+    prepareHeld: (
+      topic: string,
+      message: OutgoingMessage,
+      options?: PrepareOptions,
+    ) => Promise<PreparedTransaction>,
+  ) {
     this.topic = topic;
     this.#sender = sender;
     this.#onClose = onClose;
+    this.#hold = hold;
+    this.#prepareHeld = prepareHeld;
   }
+
+  readonly #prepareHeld: (
+    topic: string,
+    message: OutgoingMessage,
+    options?: PrepareOptions,
+  ) => Promise<PreparedTransaction>;
 
   async send(message: OutgoingMessage): Promise<SendResult> {
     if (this.#closed) throw new ClosedError(`producer for Kafka topic "${this.topic}" is closed`);
-    rejectDeliverAt(message);
-    return this.#track(this.#sender.send(this.topic, message));
+    if (message.deliverAt !== undefined && message.deliverAt > Date.now()) {
+      return this.#track(this.#hold(this.topic, message));
+    }
+    const { deliverAt: _due, ...now } = message;
+    return this.#track(this.#sender.send(this.topic, now));
   }
 
-  async prepare(message: OutgoingMessage): Promise<PreparedTransaction> {
+  async prepare(message: OutgoingMessage, options?: PrepareOptions): Promise<PreparedTransaction> {
     if (this.#closed) throw new ClosedError(`producer for Kafka topic "${this.topic}" is closed`);
     rejectDeliverAt(message);
-    return this.#track(this.#sender.prepare(this.topic, message));
+    return this.#track(this.#prepareHeld(this.topic, message, options));
   }
 
   #track<T>(p: Promise<T>): Promise<T> {

@@ -84,6 +84,7 @@ import {
 } from '../broker.js';
 import { HOLDING_GROUP, Holding, type HoldingBackend, type HoldingTier } from '../holding/holding.js';
 import { releasedMessage } from '../holding/record.js';
+import { DEFAULT_IMMUNITY_MS, heldTransaction } from '../holding/transaction.js';
 import { checkStart } from '../start.js';
 import { type NatsConfig, parseNatsUrl } from './config.js';
 import { buildHeaders, dedupId } from './message.js';
@@ -114,8 +115,6 @@ const CODE_CONSUMER_NOT_FOUND = 10014;
 export const HOLDING_TOPIC = '__mqgate_holding';
 /** Held records the mover takes at once; the server-side pending count is unlimited. */
 const HOLDING_IN_FLIGHT = 256;
-/** Immunity of a prepared message when the caller gives none (the gateway always does). */
-const DEFAULT_IMMUNITY_MS = 60_000;
 
 const nanos = (ms: number): number => Math.round(ms * 1_000_000);
 
@@ -291,8 +290,6 @@ export class NatsBroker implements Broker {
     });
     const seq = stored.ref as number;
     const holdStream = streamName(this.#config.streamPrefix, HOLDING_TOPIC);
-    let state: 'prepared' | 'committed' | 'rolled back' = 'prepared';
-    let finishing: Promise<void> | undefined;
     const removeHeld = async (): Promise<boolean> => {
       try {
         return await this.#jsm.streams.deleteMessage(holdStream, seq, false);
@@ -301,37 +298,21 @@ export class NatsBroker implements Broker {
         throw this.#apiError(`deleting held transaction record ${seq} from ${holdStream}`, err);
       }
     };
-    const finish = (commit: boolean): Promise<void> => {
-      const wanted = commit ? 'committed' : 'rolled back';
-      if (state === wanted) return finishing ?? Promise.resolve();
-      if (state !== 'prepared') {
-        return Promise.reject(
-          new MqError(
-            'FAILED_PRECONDITION',
-            `transaction ${transactionId} was already ${state}; it cannot be ${wanted}`,
-          ),
-        );
-      }
-      state = wanted;
-      finishing = (async () => {
-        if (commit) {
-          await this.#ensureStream(topic);
-          await this.#publishRaw(topic, { ...message, deliverAt: undefined }, id);
-          await removeHeld();
-        } else if (!(await removeHeld())) {
+    return heldTransaction(id, transactionId, {
+      commit: async () => {
+        await this.#ensureStream(topic);
+        await this.#publishRaw(topic, { ...message, deliverAt: undefined }, id);
+        await removeHeld();
+      },
+      rollback: async () => {
+        if (!(await removeHeld())) {
           throw new MqError(
             'FAILED_PRECONDITION',
             `transaction ${transactionId} cannot be rolled back: its immunity time passed and it was committed`,
           );
         }
-      })();
-      finishing.catch(() => {
-        if (state === wanted) state = 'prepared';
-        finishing = undefined;
-      });
-      return finishing;
-    };
-    return { messageId: id, transactionId, commit: () => finish(true), rollback: () => finish(false) };
+      },
+    });
   }
 
   #checkTag(message: OutgoingMessage): void {

@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import type { Broker, Delivery } from '../../src/brokers/broker.js';
 import { bodyText } from '../../src/core/message.js';
 import { Reader, TIMEOUT } from './behaviour.js';
-import { withLeakCheck } from './leaks.js';
+import { eventually, withLeakCheck } from './leaks.js';
 
 export interface HoldingSuiteOptions {
   /** Opens a new broker object on the same broker (several per test). */
@@ -105,6 +105,13 @@ export function runHoldingSuite(name: string, options: HoldingSuiteOptions): voi
           }
         }
         assert.ok((sorted[sorted.length - 1] as number) <= maxLateness, report);
+        // This broker object's mover is the only one on these holding topics.
+        assert.ok((broker.counters?.().heldDelay ?? 0) >= n, 'held messages counted');
+        await eventually(() => (broker.counters?.().holdingMoves ?? 0) >= n, 'moves counted');
+        const c = broker.counters?.() ?? {};
+        t.diagnostic(
+          `counters: held ${c.heldDelay}, moved ${c.holdingMoves}, duplicates ${c.holdingDuplicates}, mean lateness at the mover ${Math.round((c.holdingLatenessSumMs ?? 0) / Math.max(1, c.holdingLatenessCount ?? 0))} ms`,
+        );
         await sub.close();
         await p.close();
       } finally {

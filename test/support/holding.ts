@@ -109,6 +109,8 @@ export function runHoldingSuite(name: string, options: HoldingSuiteOptions): voi
         assert.ok((broker.counters?.().heldDelay ?? 0) >= n, 'held messages counted');
         await eventually(() => (broker.counters?.().holdingMoves ?? 0) >= n, 'moves counted');
         const c = broker.counters?.() ?? {};
+        // One mover, no crash, no rebalance: nothing may be moved twice.
+        assert.equal(c.holdingDuplicates ?? 0, 0, 'no move was done twice');
         t.diagnostic(
           `counters: held ${c.heldDelay}, moved ${c.holdingMoves}, duplicates ${c.holdingDuplicates}, mean lateness at the mover ${Math.round((c.holdingLatenessSumMs ?? 0) / Math.max(1, c.holdingLatenessCount ?? 0))} ms`,
         );

@@ -70,6 +70,13 @@ export interface HoldingBackend {
   release(held: HeldMessage): Promise<{ duplicate: boolean }>;
   /** A subscription of the shared mover group on a tier's topic. */
   subscribe(tier: HoldingTier, group: string): Promise<Subscription>;
+  /**
+   * Set where a nack rewinds the record's whole partition (Kafka): every delivery of it handed
+   * out after the nacked one is void and comes back. `laneKey` names the partition of a delivery;
+   * the mover then handles a partition's records one at a time and skips the voided ones, so a
+   * record is never moved while an earlier one of its partition waits (which would move it twice).
+   */
+  readonly rewind?: { laneKey(d: Delivery): string };
   /** Where transaction decisions are kept as records (brokers that cannot delete a held record). */
   readonly decisions?: {
     write(record: OutgoingMessage): Promise<void>;
@@ -155,6 +162,10 @@ export class Holding {
   readonly #abort = new AbortController();
   readonly #subscriptions = new Set<Subscription>();
   #loops: Promise<void>[] | undefined;
+  /** Deliveries taken from the subscriptions so far (their sequence). */
+  #received = 0;
+  /** Backends with `rewind`: lane key → the delivery sequence as of its last nack. */
+  readonly #rewoundAt = new Map<string, number>();
   /** Transaction decisions read from the decisions topic, in read order (for pruning). */
   readonly #decided = new Map<string, { decision: Decision; at: number }>();
   #closing: Promise<void> | undefined;
@@ -301,9 +312,18 @@ export class Holding {
       this.#subscriptions.add(sub);
       try {
         if (signal.aborted) return;
+        const rewind = this.#backend.rewind;
         for await (const d of sub) {
-          const key = d.message.key;
-          await this.#lanes.submit(() => handle(d), { key, signal });
+          const key = rewind === undefined ? d.message.key : `${what}\u0000${rewind.laneKey(d)}`;
+          const seq = ++this.#received;
+          await this.#lanes.submit(
+            () => {
+              // Handed out before a nack rewound its partition: void, and delivered again.
+              if (key !== undefined && (this.#rewoundAt.get(key) ?? 0) > seq) return;
+              return handle(d);
+            },
+            { key, signal },
+          );
         }
       } catch (err) {
         if (!signal.aborted)
@@ -313,6 +333,14 @@ export class Holding {
         await sub.close().catch(() => {});
       }
     }
+  }
+
+  /** Nacks; where that rewinds the partition, voids the deliveries of it taken so far. */
+  async #nack(tier: HoldingTier, d: Delivery, delayMs: number): Promise<void> {
+    const rewind = this.#backend.rewind;
+    if (rewind !== undefined)
+      this.#rewoundAt.set(`${tier.topic}\u0000${rewind.laneKey(d)}`, this.#received + 1);
+    await d.nack({ delayMs }).catch(ignoreNotFound);
   }
 
   async #handle(tier: HoldingTier, d: Delivery): Promise<void> {
@@ -337,7 +365,7 @@ export class Holding {
     const now = Date.now();
     const releaseAt = Number.isFinite(tier.spanMs) ? Math.min(dueAt, held.heldAt + tier.spanMs) : dueAt;
     if (releaseAt > now) {
-      await d.nack({ delayMs: releaseAt - now }).catch(ignoreNotFound);
+      await this.#nack(tier, d, releaseAt - now);
       return;
     }
     try {
@@ -355,7 +383,7 @@ export class Holding {
     } catch (err) {
       this.stats.failures++;
       this.#log?.warn({ err: text(err), id: held.id, topic: held.topic }, 'holding move failed; retrying');
-      await d.nack({ delayMs: FAILED_MOVE_RETRY_MS }).catch(ignoreNotFound);
+      await this.#nack(tier, d, FAILED_MOVE_RETRY_MS);
       return;
     }
     try {

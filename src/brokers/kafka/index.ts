@@ -107,6 +107,8 @@ class KafkaBroker implements Broker, TopicInfo {
         // Kafka cannot tell a second release from a first: duplicates are counted at the ack.
         return { duplicate: false };
       },
+      // A nack rewinds the partition; message ids of holding records are topic/partition/offset.
+      rewind: { laneKey: (d) => d.message.id.slice(0, d.message.id.lastIndexOf('/')) },
       decisions: {
         write: async (record) => {
           await this.#sendVia(`${prefix}_decisions`, record);

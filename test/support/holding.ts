@@ -31,6 +31,10 @@ export function percentile(sorted: readonly number[], p: number): number {
   return sorted[i] as number;
 }
 
+async function closeBoth(a: Broker, b: Broker): Promise<void> {
+  await Promise.allSettled([a.close(), b.close()]);
+}
+
 export function runHoldingSuite(name: string, options: HoldingSuiteOptions): void {
   const scale = options.scale ?? 1;
   const orderTolerance = options.orderToleranceMs ?? 0;
@@ -118,6 +122,61 @@ export function runHoldingSuite(name: string, options: HoldingSuiteOptions): voi
         await p.close();
       } finally {
         await broker.close();
+      }
+    });
+  });
+
+  test(`${name}: two broker objects (gateways) share the holding; nothing lost, duplicates no more than counted`, async (t) => {
+    await withLeakCheck(async () => {
+      const a = await options.open();
+      const b = await options.open();
+      try {
+        const topic = options.topic();
+        const sub = await a.subscribe({
+          topic,
+          group: `g-${randomUUID()}`,
+          start: 'earliest',
+          maxInFlight: 256,
+        });
+        const reader = new Reader(sub);
+        const pa = await a.producer(topic);
+        const pb = await b.producer(topic);
+        const n = 200;
+        const base = Date.now() + 2_000 * scale;
+        const ids = new Set<string>();
+        const sends: Array<Promise<{ messageId: string }>> = [];
+        for (let i = 0; i < n; i++) {
+          const p = i % 2 === 0 ? pa : pb;
+          sends.push(p.send({ body: String(i), key: `k${i % 10}`, deliverAt: base + (i % 20) * 100 }));
+        }
+        for (const r of await Promise.all(sends)) ids.add(r.messageId);
+        const seen = new Map<string, number>();
+        let deliveries = 0;
+        while (seen.size < n) {
+          const d = await reader.next(30_000 * scale, `delayed message ${seen.size + 1} of ${n}`);
+          assert.ok(ids.has(d.message.id), 'only the messages sent');
+          deliveries++;
+          seen.set(d.message.id, (seen.get(d.message.id) ?? 0) + 1);
+          await d.ack();
+        }
+        // Stragglers: a duplicate released late.
+        for (;;) {
+          const more = await reader.poll(1_000 * scale);
+          if (more === TIMEOUT || more.done) break;
+          deliveries++;
+          await more.value.ack();
+        }
+        const counted = (a.counters?.().holdingDuplicates ?? 0) + (b.counters?.().holdingDuplicates ?? 0);
+        const moves = (a.counters?.().holdingMoves ?? 0) + (b.counters?.().holdingMoves ?? 0);
+        t.diagnostic(
+          `${n} messages, ${deliveries} deliveries, ${moves} moves (${a.counters?.().holdingMoves} + ${b.counters?.().holdingMoves}), ${counted} counted duplicates`,
+        );
+        assert.ok(deliveries - n <= counted, `${deliveries - n} duplicate deliveries, ${counted} counted`);
+        await sub.close();
+        await pa.close();
+        await pb.close();
+      } finally {
+        await closeBoth(a, b);
       }
     });
   });

@@ -115,6 +115,8 @@ const CODE_CONSUMER_NOT_FOUND = 10014;
 export const HOLDING_TOPIC = '__mqgate_holding';
 /** Held records the mover takes at once; the server-side pending count is unlimited. */
 const HOLDING_IN_FLIGHT = 256;
+/** The holding consumer's ack_wait: a mover takes milliseconds per record. */
+const HOLDING_ACK_WAIT_MS = 3_000;
 
 const nanos = (ms: number): number => Math.round(ms * 1_000_000);
 
@@ -250,7 +252,15 @@ export class NatsBroker implements Broker {
         return { duplicate: ack.duplicate };
       },
       subscribe: (t, group) =>
-        this.subscribe({ topic: t.topic, group, maxInFlight: HOLDING_IN_FLIGHT, start: 'earliest' }),
+        this.subscribe({
+          topic: t.topic,
+          group,
+          maxInFlight: HOLDING_IN_FLIGHT,
+          start: 'earliest',
+          // After a server restart, records pending with a nak delay come back after ack_wait:
+          // keep it short so they are not late by the default 30 s.
+          ackTimeoutMs: HOLDING_ACK_WAIT_MS,
+        }),
     };
   }
 

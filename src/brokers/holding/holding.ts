@@ -124,6 +124,16 @@ export interface HoldingOptions {
 }
 
 export const HOLDING_GROUP = 'mqgate-holding';
+
+type Plan =
+  | { kind: 'drop' }
+  | { kind: 'wait'; releaseAt: number }
+  | { kind: 'move'; held: HeldMessage; dueAt: number; releaseAt: number };
+
+interface PartitionMoves {
+  readonly moving: Set<Promise<void>>;
+  nacking: boolean;
+}
 const RETRY_MIN_MS = 200;
 const RETRY_MAX_MS = 5_000;
 /** A release or hop that failed is retried after this long. */
@@ -162,10 +172,10 @@ export class Holding {
   readonly #abort = new AbortController();
   readonly #subscriptions = new Set<Subscription>();
   #loops: Promise<void>[] | undefined;
-  /** Deliveries taken from the subscriptions so far (their sequence). */
-  #received = 0;
-  /** Backends with `rewind`: lane key → the delivery sequence as of its last nack. */
-  readonly #rewoundAt = new Map<string, number>();
+  /** Backends with `rewind`: moves and nacks per partition (lane key). */
+  readonly #partitions = new Map<string, PartitionMoves>();
+  /** Moves and nacks started outside the lanes, awaited by close(). */
+  readonly #tasks = new Set<Promise<unknown>>();
   /** Transaction decisions read from the decisions topic, in read order (for pruning). */
   readonly #decided = new Map<string, { decision: Decision; at: number }>();
   #closing: Promise<void> | undefined;
@@ -248,6 +258,7 @@ export class Holding {
         t.topic,
         () => this.#backend.subscribe(t, this.#group),
         (d) => this.#handle(t, d),
+        this.#backend.rewind === undefined ? undefined : t,
       ),
     );
     const decisions = this.#backend.decisions;
@@ -289,6 +300,8 @@ export class Holding {
     what: string,
     subscribe: () => Promise<Subscription>,
     handle: (d: Delivery) => Promise<void>,
+    /** Set for a tier of a backend whose nack rewinds a partition: see #dispatchPartitioned. */
+    partitioned?: HoldingTier,
   ): Promise<void> {
     const signal = this.#abort.signal;
     let failures = 0;
@@ -314,16 +327,11 @@ export class Holding {
         if (signal.aborted) return;
         const rewind = this.#backend.rewind;
         for await (const d of sub) {
-          const key = rewind === undefined ? d.message.key : `${what}\u0000${rewind.laneKey(d)}`;
-          const seq = ++this.#received;
-          await this.#lanes.submit(
-            () => {
-              // Handed out before a nack rewound its partition: void, and delivered again.
-              if (key !== undefined && (this.#rewoundAt.get(key) ?? 0) > seq) return;
-              return handle(d);
-            },
-            { key, signal },
-          );
+          if (partitioned !== undefined && rewind !== undefined) {
+            this.#dispatchPartitioned(partitioned, `${what}\u0000${rewind.laneKey(d)}`, d);
+            continue;
+          }
+          await this.#lanes.submit(() => handle(d), { key: d.message.key, signal });
         }
       } catch (err) {
         if (!signal.aborted)
@@ -335,21 +343,66 @@ export class Holding {
     }
   }
 
-  /** Nacks; where that rewinds the partition, voids the deliveries of it taken so far. */
-  async #nack(tier: HoldingTier, d: Delivery, delayMs: number): Promise<void> {
-    const rewind = this.#backend.rewind;
-    if (rewind !== undefined)
-      this.#rewoundAt.set(`${tier.topic}\u0000${rewind.laneKey(d)}`, this.#received + 1);
-    await d.nack({ delayMs }).catch(ignoreNotFound);
+  /**
+   * Kafka-style backends, where a nack rewinds the record's partition: a partition's due records
+   * are moved concurrently (their publishes share produce requests), in offset order as handed
+   * out. The first record not due yet waits until every earlier move of its partition settled,
+   * then is nacked with its remaining delay; the records handed out after it are void (the rewind
+   * drops them and delivers them again), so they are skipped until the nack is sent.
+   */
+  #dispatchPartitioned(tier: HoldingTier, key: string, d: Delivery): void {
+    let state = this.#partitions.get(key);
+    if (state === undefined) {
+      state = { moving: new Set(), nacking: false };
+      this.#partitions.set(key, state);
+    }
+    const st = state;
+    if (st.nacking) return;
+    const plan = this.#plan(tier, d);
+    if (plan.kind === 'wait') {
+      this.#nackPartition(st, d, () => plan.releaseAt - Date.now());
+      return;
+    }
+    const move = this.#execute(d, plan).then((ok) => {
+      st.moving.delete(move);
+      if (!ok) this.#nackPartition(st, d, () => FAILED_MOVE_RETRY_MS);
+    });
+    st.moving.add(move);
+    this.#track(move);
   }
 
-  async #handle(tier: HoldingTier, d: Delivery): Promise<void> {
+  #nackPartition(st: PartitionMoves, d: Delivery, delayMs: () => number): void {
+    // Already nacking: that rewind voids this delivery too.
+    if (st.nacking) return;
+    st.nacking = true;
+    const earlier = [...st.moving];
+    this.#track(
+      (async () => {
+        try {
+          await Promise.allSettled(earlier);
+          await d.nack({ delayMs: Math.max(0, delayMs()) }).catch(ignoreNotFound);
+        } finally {
+          st.nacking = false;
+        }
+      })(),
+    );
+  }
+
+  #track(p: Promise<unknown>): void {
+    this.#tasks.add(p);
+    p.then(
+      () => this.#tasks.delete(p),
+      () => this.#tasks.delete(p),
+    );
+  }
+
+  /** What to do with a holding record now. */
+  #plan(tier: HoldingTier, d: Delivery): Plan {
     const held = decodeHeld(d.message);
     if (held === undefined) {
       this.stats.malformed++;
       this.#log?.warn({ topic: tier.topic, id: d.message.id }, 'not a holding record; dropped');
-      await d.ack().catch(ignoreNotFound);
-      return;
+      return { kind: 'drop' };
     }
     if (
       held.kind === 'transaction' &&
@@ -358,16 +411,33 @@ export class Holding {
       this.#decided.has(held.txId)
     ) {
       // Committed (commit() published it) or rolled back: nothing left to move.
-      await d.ack().catch(ignoreNotFound);
-      return;
+      return { kind: 'drop' };
     }
     const dueAt = this.#releaseTime(held);
-    const now = Date.now();
     const releaseAt = Number.isFinite(tier.spanMs) ? Math.min(dueAt, held.heldAt + tier.spanMs) : dueAt;
-    if (releaseAt > now) {
-      await this.#nack(tier, d, releaseAt - now);
+    if (releaseAt > Date.now()) return { kind: 'wait', releaseAt };
+    return { kind: 'move', held, dueAt, releaseAt };
+  }
+
+  async #handle(tier: HoldingTier, d: Delivery): Promise<void> {
+    const plan = this.#plan(tier, d);
+    if (plan.kind === 'wait') {
+      await d.nack({ delayMs: Math.max(0, plan.releaseAt - Date.now()) }).catch(ignoreNotFound);
       return;
     }
+    if (!(await this.#execute(d, plan))) {
+      await d.nack({ delayMs: FAILED_MOVE_RETRY_MS }).catch(ignoreNotFound);
+    }
+  }
+
+  /** Drops, hops or releases, then acks; false when the move failed (the record is not acked). */
+  async #execute(d: Delivery, plan: Exclude<Plan, { kind: 'wait' }>): Promise<boolean> {
+    if (plan.kind === 'drop') {
+      await d.ack().catch(ignoreNotFound);
+      return true;
+    }
+    const { held, dueAt, releaseAt } = plan;
+    const now = Date.now();
     try {
       if (dueAt > now) {
         // heldAt is when it was due to leave this tier, not now: the next tier's wait is counted
@@ -383,8 +453,7 @@ export class Holding {
     } catch (err) {
       this.stats.failures++;
       this.#log?.warn({ err: text(err), id: held.id, topic: held.topic }, 'holding move failed; retrying');
-      await this.#nack(tier, d, FAILED_MOVE_RETRY_MS);
-      return;
+      return false;
     }
     try {
       await d.ack();
@@ -394,6 +463,7 @@ export class Holding {
       ignoreNotFound(err);
       this.stats.duplicates++;
     }
+    return true;
   }
 
   #lateness(ms: number): void {
@@ -418,6 +488,7 @@ export class Holding {
     const lanes = this.#lanes.close({ abort: true });
     await Promise.allSettled([...this.#subscriptions].map((s) => s.close()));
     await Promise.allSettled(this.#loops ?? []);
+    await Promise.allSettled([...this.#tasks]);
     await lanes;
   }
 }

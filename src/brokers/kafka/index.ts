@@ -57,7 +57,7 @@ const HOLDING_SPANS_MS = [100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000] as
 /** The exact and 100 ms tiers fetch with this long-poll, so a partition due soon is fetched soon. */
 const HOLDING_FAST_FETCH_MS = 50;
 /** Held records a tier's mover takes at once. */
-const HOLDING_IN_FLIGHT = 64;
+const HOLDING_IN_FLIGHT = 256;
 
 class KafkaBroker implements Broker, TopicInfo {
   readonly kind = 'kafka';

@@ -53,6 +53,7 @@ import {
   jetstreamManager,
   type PubAck,
   ReplayPolicy,
+  RetentionPolicy,
 } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
@@ -480,9 +481,11 @@ export class NatsBroker implements Broker {
         name,
         subjects: [subjects],
         storage: c.storage,
-        retention: c.retention,
+        // The holding stream: a record is gone once moved (work queue: its one consumer is the
+        // mover), and never expires by age, whatever maxAge says, or a long delay would be lost.
+        retention: topic === HOLDING_TOPIC ? RetentionPolicy.Workqueue : c.retention,
         max_bytes: c.maxBytes,
-        max_age: nanos(c.maxAgeMs),
+        max_age: topic === HOLDING_TOPIC ? 0 : nanos(c.maxAgeMs),
         num_replicas: c.replicas,
       });
     } catch (err) {

@@ -143,6 +143,8 @@ describe('nats adapter', { timeout: 240_000 }, () => {
     const jsm = await jetstreamManager(nc);
     const held = await jsm.streams.info('mqgate___mqgate_holding');
     assert.ok(held.state.messages >= 1, 'the delayed message is a record of the holding stream');
+    assert.equal(held.config.retention, 'workqueue', 'a moved record is removed from the holding stream');
+    assert.equal(held.config.max_age, 0, 'held records never expire by age');
     await rejectsWith(
       p.send({ body: 'x', deliverAt: Date.now() + 60_000, properties: { 'mqgate-hold-due': '1' } }),
       'INVALID_ARGUMENT',

@@ -1,6 +1,7 @@
 /**
- * The original client's delayed and transactional flow through the gateway on a broker that
- * holds them through the holding mechanism (Kafka, NATS): SendDelayMessage by time and by level,
+ * The original client's flow through the gateway on a broker that holds delayed and transactional
+ * messages through the holding mechanism (Kafka, NATS), all on one topic: SendMessage,
+ * SendOrderedMessage, SendDelayMessage by time and by level,
  * SendTransactionMessage committed, rolled back, and left undecided while its gateway stops; the
  * next gateway on the same broker delivers the undecided one at its immunity time.
  */
@@ -37,6 +38,15 @@ export async function runGatewayHolding(options: {
         ...keys,
         topic,
       });
+      // The original client's flow on one topic: normal, ordered, delayed, transactional.
+      await call(first.client, 'SendMessage', { producer_id, message_body: 'normal' });
+      for (let i = 0; i < 3; i++) {
+        await call(first.client, 'SendOrderedMessage', {
+          producer_id,
+          message_body: `ordered ${i}`,
+          sharding_key: 'order-1',
+        });
+      }
       const t0 = Date.now();
       const at = await call<{ message_id: string }>(first.client, 'SendDelayMessage', {
         producer_id,
@@ -75,13 +85,34 @@ export async function runGatewayHolding(options: {
         transaction_id: rolledBack.transaction_id,
         commit: false,
       });
+      // A sharding key's next message comes once the previous one is acked: ack as they arrive.
+      let acked = 0;
       await eventually(
-        () => new Set(stream.messages.map((m) => m.message_body)).size >= 3,
-        'the delayed and committed messages',
+        async () => {
+          while (acked < stream.messages.length) {
+            const m = stream.messages[acked++];
+            if (m) await call(first.client, 'AckMessage', { consumer_id, receipt_handle: m.receipt_handle });
+          }
+          return new Set(stream.messages.map((m) => m.message_body)).size >= 7;
+        },
+        'the normal, ordered, delayed and committed messages',
         20_000 * scale,
       );
       const byBody = new Map(stream.messages.map((m) => [m.message_body, m]));
-      assert.deepEqual([...byBody.keys()].sort(), ['at a time', 'committed', 'level 1']);
+      assert.deepEqual([...byBody.keys()].sort(), [
+        'at a time',
+        'committed',
+        'level 1',
+        'normal',
+        'ordered 0',
+        'ordered 1',
+        'ordered 2',
+      ]);
+      assert.deepEqual(
+        stream.messages.map((m) => m.message_body).filter((b) => b.startsWith('ordered')),
+        ['ordered 0', 'ordered 1', 'ordered 2'],
+        'ordered messages of one sharding key in order',
+      );
       assert.equal(byBody.get('at a time')?.message_id, at.message_id, 'the delayed message keeps its id');
       assert.equal(
         byBody.get('committed')?.message_id,
@@ -89,9 +120,6 @@ export async function runGatewayHolding(options: {
         'the committed message keeps its id',
       );
       assert.ok(Date.now() >= t0 + 1_500, 'not delivered before its time');
-      for (const m of stream.messages) {
-        await call(first.client, 'AckMessage', { consumer_id, receipt_handle: m.receipt_handle });
-      }
       stream.end();
       assert.ok(
         Date.now() < deadline,

@@ -8,6 +8,6 @@ before(async () => {
 });
 after(async () => server.close());
 
-test('NATS through the gateway: delayed messages by time and level, transactions committed, rolled back, and undecided across a gateway restart', async () => {
+test('NATS through the gateway, one topic: normal, ordered, delayed (time and level) messages, transactions committed, rolled back, and undecided across a gateway restart', async () => {
   await runGatewayHolding({ brokerUrl: server.url, timeoutScale: 1 });
 });

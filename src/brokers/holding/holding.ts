@@ -133,6 +133,8 @@ type Plan =
 interface PartitionMoves {
   readonly moving: Set<Promise<void>>;
   nacking: boolean;
+  /** Deliveries skipped while a nack was pending: void once it rewinds the partition. */
+  skipped: Delivery[];
 }
 const RETRY_MIN_MS = 200;
 const RETRY_MAX_MS = 5_000;
@@ -351,13 +353,18 @@ export class Holding {
    * drops them and delivers them again), so they are skipped until the nack is sent.
    */
   #dispatchPartitioned(tier: HoldingTier, key: string, d: Delivery): void {
+    // Closing: no new move; the subscription gives the record back when it closes.
+    if (this.#abort.signal.aborted) return;
     let state = this.#partitions.get(key);
     if (state === undefined) {
-      state = { moving: new Set(), nacking: false };
+      state = { moving: new Set(), nacking: false, skipped: [] };
       this.#partitions.set(key, state);
     }
     const st = state;
-    if (st.nacking) return;
+    if (st.nacking) {
+      st.skipped.push(d);
+      return;
+    }
     const plan = this.#plan(tier, d);
     if (plan.kind === 'wait') {
       this.#nackPartition(st, d, () => plan.releaseAt - Date.now());
@@ -380,7 +387,28 @@ export class Holding {
       (async () => {
         try {
           await Promise.allSettled(earlier);
-          await d.nack({ delayMs: Math.max(0, delayMs()) }).catch(ignoreNotFound);
+          // The rewind happens when nack() is called: what is handed out from then on is valid
+          // again (a delivery skipped after it would never be settled).
+          const sent = d.nack({ delayMs: Math.max(0, delayMs()) });
+          const skipped = st.skipped;
+          st.skipped = [];
+          st.nacking = false;
+          try {
+            await sent;
+          } catch (err) {
+            ignoreNotFound(err);
+            // d itself was void (handed out before an earlier rewind), so nothing was rewound and
+            // the deliveries skipped meanwhile may be live: give back the oldest live one, which
+            // rewinds the partition to it (the skipped ones were never moved, so nothing moves twice).
+            for (const s of skipped) {
+              try {
+                await s.nack({ delayMs: 0 });
+                break;
+              } catch (e) {
+                ignoreNotFound(e);
+              }
+            }
+          }
         } finally {
           st.nacking = false;
         }
@@ -486,6 +514,9 @@ export class Holding {
   async #close(): Promise<void> {
     this.#abort.abort();
     const lanes = this.#lanes.close({ abort: true });
+    // Moves under way finish and ack first, so their subscriptions commit them on close rather
+    // than leave them to be moved again by the next mover.
+    await Promise.allSettled([...this.#tasks]);
     await Promise.allSettled([...this.#subscriptions].map((s) => s.close()));
     await Promise.allSettled(this.#loops ?? []);
     await Promise.allSettled([...this.#tasks]);

@@ -33,6 +33,8 @@ interface Row {
   max: number;
   early: number;
   duplicates: number;
+  /** Moves the mover itself counted as done twice. */
+  countedDuplicates: number;
   cpuUsPerMessage: number;
   bytesPerHeld: number | undefined;
   note: string;
@@ -102,12 +104,13 @@ async function measure(
     max: late[late.length - 1] ?? Number.NaN,
     early,
     duplicates: deliveries - seen.size,
+    countedDuplicates: broker.counters?.().holdingDuplicates ?? 0,
     cpuUsPerMessage: Math.round((cpu.user + cpu.system) / MESSAGES),
     bytesPerHeld: bytes === undefined ? undefined : Math.round(bytes / MESSAGES),
     note,
   };
   console.log(
-    `${name}: ${row.messages}/${MESSAGES} delivered, held at ${row.holdPerSec}/s, lateness p50 ${row.p50} ms, p99 ${row.p99} ms, max ${row.max} ms, ${row.early} early, ${row.duplicates} duplicates, ${row.cpuUsPerMessage} µs CPU per message, ${row.bytesPerHeld ?? '-'} bytes per held record`,
+    `${name}: ${row.messages}/${MESSAGES} delivered, held at ${row.holdPerSec}/s, lateness p50 ${row.p50} ms, p99 ${row.p99} ms, max ${row.max} ms, ${row.early} early, ${row.duplicates} duplicates (${row.countedDuplicates} counted), ${row.cpuUsPerMessage} µs CPU per message, ${row.bytesPerHeld ?? '-'} bytes per held record`,
   );
   return row;
 }
@@ -191,6 +194,7 @@ export async function run(): Promise<void> {
         'max ms',
         'early',
         'duplicates',
+        'counted by the mover',
         'CPU µs/msg',
         'bytes/held',
         'setup',
@@ -204,6 +208,7 @@ export async function run(): Promise<void> {
         r.max,
         r.early,
         r.duplicates,
+        r.countedDuplicates,
         r.cpuUsPerMessage,
         r.bytesPerHeld ?? '-',
         r.note,

@@ -11,6 +11,7 @@ const BENCHES: Record<string, () => Promise<BenchModule>> = {
   lanes: () => import('./lanes.js'),
   hostile: () => import('./hostile.js'),
   sdk: () => import('./sdk.js'),
+  holding: () => import('./holding.js'),
 };
 
 async function main(): Promise<number> {

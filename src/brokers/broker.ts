@@ -42,6 +42,15 @@ export interface PreparedTransaction {
   rollback(): Promise<void>;
 }
 
+export interface PrepareOptions {
+  /**
+   * How long the prepared message may stay undecided before it is committed anyway (the
+   * transaction's immunity time). Adapters that hold the message themselves commit it at this
+   * deadline even if the process that prepared it is gone; others leave it to the caller.
+   */
+  immunityMs?: number | undefined;
+}
+
 export interface ProducerOptions {
   credentials?: Credentials | undefined;
 }
@@ -50,7 +59,7 @@ export interface Producer {
   readonly topic: string;
   send(message: OutgoingMessage): Promise<SendResult>;
   /** Two-phase publish; UNSUPPORTED where `capabilities.transactions` is false. */
-  prepare(message: OutgoingMessage): Promise<PreparedTransaction>;
+  prepare(message: OutgoingMessage, options?: PrepareOptions): Promise<PreparedTransaction>;
   /** Idempotent; resolves when the producer's handles are released. */
   close(): Promise<void>;
 }
@@ -131,6 +140,17 @@ export interface BrokerCounters {
   readonly backlogDropped?: number;
   /** Bytes of messages the broker holds in this process (the embedded broker). */
   readonly retainedBytes?: number;
+  /** Delayed messages this process wrote to the broker's holding storage (Kafka, NATS). */
+  readonly heldDelay?: number;
+  /** Prepared transactions this process wrote to the holding storage. */
+  readonly heldTransaction?: number;
+  /** Held messages this process's mover published to their topic when due or committed. */
+  readonly holdingMoves?: number;
+  /** Moves done twice (a crash or rebalance between publish and ack): duplicates, never losses. */
+  readonly holdingDuplicates?: number;
+  /** Sum and count of how late released messages were, in milliseconds. */
+  readonly holdingLatenessSumMs?: number;
+  readonly holdingLatenessCount?: number;
 }
 
 export interface Broker {

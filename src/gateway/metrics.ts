@@ -148,12 +148,14 @@ export class GatewayMetrics {
       help: string,
       field: keyof BrokerCounters,
       kind: 'counter' | 'gauge',
+      options: { scale?: number; zeroWhenAbsent?: boolean } = {},
     ): void => {
       const collect = function (this: Counter<'broker'> | Gauge<'broker'>): void {
         this.reset();
         for (const b of sources.brokers()) {
-          const v = b.counters[field];
-          if (v === undefined) continue;
+          const raw = b.counters[field] ?? (options.zeroWhenAbsent ? 0 : undefined);
+          if (raw === undefined) continue;
+          const v = raw * (options.scale ?? 1);
           if (this instanceof Counter) this.inc({ broker: b.broker }, v);
           else this.set({ broker: b.broker }, v);
         }
@@ -178,6 +180,44 @@ export class GatewayMetrics {
       'Bytes of messages the embedded broker holds.',
       'retainedBytes',
       'gauge',
+    );
+    // The holding mechanism (delayed and transactional messages on Kafka and NATS); 0 on brokers
+    // that hold messages themselves, so every broker has a sample.
+    const holding = { zeroWhenAbsent: true };
+    brokerCounter(
+      'mqgate_broker_held_delayed_total',
+      'Delayed messages this gateway wrote to the holding topics of the broker (Kafka, NATS).',
+      'heldDelay',
+      'counter',
+      holding,
+    );
+    brokerCounter(
+      'mqgate_broker_held_transactions_total',
+      'Prepared transactions this gateway wrote to the holding topics of the broker (Kafka, NATS).',
+      'heldTransaction',
+      'counter',
+      holding,
+    );
+    brokerCounter(
+      'mqgate_broker_holding_moves_total',
+      "Held messages this gateway's mover published to their topic when due or committed.",
+      'holdingMoves',
+      'counter',
+      holding,
+    );
+    brokerCounter(
+      'mqgate_broker_holding_duplicates_total',
+      'Held messages moved twice (publish done, ack lost): duplicates, never losses.',
+      'holdingDuplicates',
+      'counter',
+      holding,
+    );
+    brokerCounter(
+      'mqgate_broker_holding_lateness_seconds_total',
+      'Sum of how late held messages were published after their due time; divide by the moves.',
+      'holdingLatenessSumMs',
+      'counter',
+      { ...holding, scale: 1 / 1000 },
     );
     new Gauge({
       name: 'mqgate_broker_up',

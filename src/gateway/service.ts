@@ -242,7 +242,7 @@ export function createService(deps: ServiceDeps): Service {
     transactions.reserve(handle.caller);
     let prepared: PreparedTransaction;
     try {
-      prepared = await producers.use(handle, (p) => p.prepare(msg));
+      prepared = await producers.use(handle, (p) => p.prepare(msg, { immunityMs }));
     } catch (err) {
       transactions.unreserve(handle.caller);
       throw err;

@@ -11,7 +11,17 @@ import { type Message, type OutgoingMessage, toBytes } from '../../core/message.
 export const HEADER_TAG = 'mqgate-tag';
 export const HEADER_BUSINESS_KEY = 'mqgate-business-key';
 export const HEADER_BORN_AT = 'mqgate-born-at';
-const RESERVED_HEADERS: ReadonlySet<string> = new Set([HEADER_TAG, HEADER_BUSINESS_KEY, HEADER_BORN_AT]);
+/**
+ * The message id of a record the holding mechanism released (a delayed message): the id its
+ * publisher was given before the record existed, used instead of topic/partition/offset.
+ */
+export const HEADER_ID = 'mqgate-id';
+const RESERVED_HEADERS: ReadonlySet<string> = new Set([
+  HEADER_TAG,
+  HEADER_BUSINESS_KEY,
+  HEADER_BORN_AT,
+  HEADER_ID,
+]);
 
 export interface EncodedRecord {
   key: Buffer | undefined;
@@ -20,8 +30,9 @@ export interface EncodedRecord {
   timestamp: bigint;
 }
 
-export function encodeMessage(message: OutgoingMessage, now: number): EncodedRecord {
+export function encodeMessage(message: OutgoingMessage, now: number, id?: string): EncodedRecord {
   const headers = new Map<Buffer, Buffer>();
+  if (id !== undefined) headers.set(Buffer.from(HEADER_ID), Buffer.from(id));
   if (message.tag !== undefined) headers.set(Buffer.from(HEADER_TAG), Buffer.from(message.tag));
   if (message.businessKey !== undefined) {
     headers.set(Buffer.from(HEADER_BUSINESS_KEY), Buffer.from(message.businessKey));
@@ -74,6 +85,7 @@ export function decodeRecord(
 ): Message {
   let tag: string | undefined;
   let businessKey: string | undefined;
+  let id: string | undefined;
   let bornAt = Number(record.timestamp);
   const properties: Record<string, string> = {};
   for (const [k, v] of record.headers) {
@@ -82,6 +94,7 @@ export function decodeRecord(
     const value = v === null ? '' : v.toString();
     if (name === HEADER_TAG) tag = v === null ? undefined : value;
     else if (name === HEADER_BUSINESS_KEY) businessKey = v === null ? undefined : value;
+    else if (name === HEADER_ID) id = value || undefined;
     else if (name === HEADER_BORN_AT) {
       const n = Number(value);
       if (Number.isFinite(n) && n > 0) bornAt = n;
@@ -89,7 +102,7 @@ export function decodeRecord(
   }
   const value = record.value ?? Buffer.alloc(0);
   return {
-    id: messageId(topic, partition, offset),
+    id: id ?? messageId(topic, partition, offset),
     topic,
     // A copy: a view would keep the whole fetch response alive as long as the message lives.
     body: new Uint8Array(value),

@@ -9,11 +9,20 @@ export interface KafkaConfig {
   readonly partitions: number;
   /** Replication factor of an auto-created topic; -1 means the cluster's default.replication.factor. */
   readonly replicationFactor: number;
+  /** Name prefix of the holding topics (delayed messages): `<prefix>_0`, `<prefix>_1s`, ... */
+  readonly holdingTopics: string;
   /** The URL with nothing secret in it, for logs and metrics. */
   readonly displayUrl: string;
 }
 
-const KNOWN = new Set(['clientId', 'autoCreateTopics', 'partitions', 'replicationFactor', 'brokers']);
+const KNOWN = new Set([
+  'clientId',
+  'autoCreateTopics',
+  'partitions',
+  'replicationFactor',
+  'brokers',
+  'holdingTopics',
+]);
 const HOST_PORT = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(\d{1,5})$/;
 
 function hostPort(value: string, where: string): string {
@@ -111,8 +120,16 @@ export function parseKafkaUrl(url: URL): KafkaConfig {
         ? -1
         : integer('replicationFactor', r, 1, 'an integer >= 1, or -1 for the cluster default');
 
+  const holdingTopics = params.get('holdingTopics') ?? '__mqgate_hold';
+  if (!/^__[A-Za-z0-9._-]{1,200}$/.test(holdingTopics)) {
+    throw new InvalidArgumentError(
+      `kafka URL parameter holdingTopics="${holdingTopics}" is invalid; it accepts a topic name prefix starting with "__" (a reserved name) followed by 1-200 characters from [A-Za-z0-9._-]`,
+    );
+  }
+
   const display = new URL(url.toString());
   return {
+    holdingTopics,
     brokers,
     clientId,
     autoCreateTopics,

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { Admin } from '@platformatic/kafka';
 import {
   ClosedError,
@@ -6,16 +7,23 @@ import {
   UnavailableError,
 } from '../../core/errors.js';
 import { closeAll, closeOnce, delay } from '../../core/lifecycle.js';
+import type { OutgoingMessage } from '../../core/message.js';
 import type {
   Broker,
   BrokerCapabilities,
+  BrokerCounters,
   BrokerOpenOptions,
   HealthStatus,
+  PreparedTransaction,
   Producer,
   ProducerOptions,
+  SendResult,
   SubscribeOptions,
   Subscription,
 } from '../broker.js';
+import { HOLDING_GROUP, Holding, type HoldingBackend, type HoldingTier } from '../holding/holding.js';
+import { releasedMessage } from '../holding/record.js';
+import { DEFAULT_IMMUNITY_MS, heldTransaction } from '../holding/transaction.js';
 import { type KafkaConfig, parseKafkaUrl } from './config.js';
 import { kafkaErrorHas, toKafkaMqError } from './errors.js';
 import { KafkaSender, KafkaTopicProducer, type TopicInfo } from './producer.js';
@@ -27,7 +35,7 @@ export { murmur2, partitionForKey } from './murmur2.js';
 
 const CAPABILITIES: BrokerCapabilities = Object.freeze({
   ordered: true,
-  delay: false,
+  delay: true,
   transactions: true,
   tagFilter: true,
   durable: true,
@@ -37,6 +45,19 @@ const CAPABILITIES: BrokerCapabilities = Object.freeze({
 const TOPIC_NAME = /^[A-Za-z0-9._-]{1,249}$/;
 /** A topic's partition count is re-read after this long (partitions can be added). */
 const TOPIC_INFO_TTL_MS = 30_000;
+/**
+ * Delay tiers (see ../holding/holding.ts): a Kafka partition can only wait for its head, so a
+ * held record goes to the tier with the longest span not longer than its remaining delay, waits
+ * that span there and moves on; the last part (under 100 ms) waits in the exact tier `_0`, whose
+ * records are in due order up to those 100 ms. Powers of ten keep it to seven consumers and at
+ * most nine hops per tier (the gateway's default maximum delay, 3 days, is 25 hops of the
+ * 10,000 s tier, then fewer of each shorter one).
+ */
+const HOLDING_SPANS_MS = [100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000] as const;
+/** The exact and 100 ms tiers fetch with this long-poll, so a partition due soon is fetched soon. */
+const HOLDING_FAST_FETCH_MS = 50;
+/** Held records a tier's mover takes at once. */
+const HOLDING_IN_FLIGHT = 256;
 
 class KafkaBroker implements Broker, TopicInfo {
   readonly kind = 'kafka';
@@ -49,6 +70,8 @@ class KafkaBroker implements Broker, TopicInfo {
   readonly #producers = new Set<KafkaTopicProducer>();
   readonly #subscriptions = new Set<KafkaSubscription>();
   readonly #topicInfo = new Map<string, { at: number; count: Promise<number> }>();
+  readonly #holding: Holding;
+  #holdingCheck: Promise<void> = Promise.resolve();
   #closed = false;
 
   constructor(config: KafkaConfig, options: BrokerOpenOptions) {
@@ -63,6 +86,117 @@ class KafkaBroker implements Broker, TopicInfo {
       connectTimeout: 5_000,
     });
     this.#admin.on('error', (err: unknown) => this.#logError('Kafka admin client error', err));
+    this.#holding = new Holding(this.#holdingBackend(), { log: options.log });
+  }
+
+  #holdingBackend(): HoldingBackend {
+    const prefix = this.#config.holdingTopics;
+    const tiers: HoldingTier[] = [
+      { topic: `${prefix}_0`, spanMs: Number.POSITIVE_INFINITY },
+      ...HOLDING_SPANS_MS.map((ms) => ({ topic: `${prefix}_${ms}ms`, spanMs: ms })),
+    ];
+    return {
+      broker: 'Kafka',
+      tiers,
+      store: async (tier, record) => {
+        await this.#sendVia(tier.topic, record);
+        return {};
+      },
+      release: async (held) => {
+        await this.#sendVia(held.topic, releasedMessage(held), held.id);
+        // Kafka cannot tell a second release from a first: duplicates are counted at the ack.
+        return { duplicate: false };
+      },
+      // A nack rewinds the partition; message ids of holding records are topic/partition/offset.
+      rewind: { laneKey: (d) => d.message.id.slice(0, d.message.id.lastIndexOf('/')) },
+      decisions: {
+        write: async (record) => {
+          await this.#sendVia(`${prefix}_decisions`, record);
+        },
+        // Every mover reads every decision: a group of this broker object's own.
+        subscribe: () =>
+          this.subscribe({
+            topic: `${prefix}_decisions`,
+            group: `${HOLDING_GROUP}.decisions.${randomUUID()}`,
+            maxInFlight: 256,
+            start: 'earliest',
+          }),
+      },
+      subscribe: (tier, group) =>
+        this.#subscribe(
+          {
+            topic: tier.topic,
+            group: `${group}.${tier.topic}`,
+            maxInFlight: HOLDING_IN_FLIGHT,
+            start: 'earliest',
+          },
+          tier.spanMs <= 100 || !Number.isFinite(tier.spanMs) ? HOLDING_FAST_FETCH_MS : undefined,
+        ),
+    };
+  }
+
+  #senderFor(): KafkaSender {
+    this.#sender ??= new KafkaSender(this.#config, this, (err) =>
+      this.#logError('Kafka producer error', err),
+    );
+    return this.#sender;
+  }
+
+  async #sendVia(topic: string, message: OutgoingMessage, id?: string): Promise<SendResult> {
+    this.#checkOpen();
+    return this.#senderFor().send(topic, message, id);
+  }
+
+  /** A delayed send: held in the holding topics until due. */
+  async #hold(topic: string, message: OutgoingMessage): Promise<SendResult> {
+    const id = randomUUID();
+    await this.#holding.hold(topic, message, { id, kind: 'delay', dueAt: message.deliverAt ?? Date.now() });
+    return { messageId: id };
+  }
+
+  /**
+   * A prepared message is a held record due at its immunity deadline; commit publishes it and
+   * then records the decision, rollback records the decision (see ../holding/holding.ts).
+   */
+  async #prepare(topic: string, message: OutgoingMessage, immunityMs: number): Promise<PreparedTransaction> {
+    this.#checkOpen();
+    if (!Number.isFinite(immunityMs) || immunityMs < 0) {
+      throw new InvalidArgumentError(
+        `transaction immunity must be a number of milliseconds >= 0, got ${immunityMs}`,
+      );
+    }
+    const id = randomUUID();
+    const transactionId = randomUUID();
+    await this.#holding.hold(topic, message, {
+      id,
+      kind: 'transaction',
+      dueAt: Date.now() + immunityMs,
+      txId: transactionId,
+    });
+    return heldTransaction(id, transactionId, {
+      commit: async () => {
+        await this.#sendVia(topic, message, id);
+        await this.#holding.decide(transactionId, 'commit');
+      },
+      rollback: () => this.#holding.decide(transactionId, 'rollback'),
+    });
+  }
+
+  /** Holding statistics, for tests. */
+  get holding(): Holding {
+    return this.#holding;
+  }
+
+  counters(): BrokerCounters {
+    const s = this.#holding.stats;
+    return {
+      heldDelay: s.heldDelay,
+      heldTransaction: s.heldTransaction,
+      holdingMoves: s.moved,
+      holdingDuplicates: s.duplicates,
+      holdingLatenessSumMs: s.latenessSumMs,
+      holdingLatenessCount: s.latenessCount,
+    };
   }
 
   #logError(msg: string, err: unknown): void {
@@ -76,6 +210,14 @@ class KafkaBroker implements Broker, TopicInfo {
   async connect(): Promise<void> {
     try {
       await this.#admin.metadata({ topics: [], forceUpdate: true });
+      // Held messages an earlier gateway left are moved as soon as this one runs; without
+      // holding topics there is nothing to move until the first held message starts the movers.
+      this.#holdingCheck = this.#admin.listTopics().then(
+        (topics) => {
+          if (!this.#closed && topics.includes(`${this.#config.holdingTopics}_0`)) this.#holding.start();
+        },
+        () => {},
+      );
     } catch (err) {
       throw new UnavailableError(
         `cannot reach Kafka at ${this.#config.brokers.join(',')}: ${err instanceof Error ? err.message : String(err)}; ` +
@@ -163,15 +305,22 @@ class KafkaBroker implements Broker, TopicInfo {
     this.#checkOpen();
     await this.partitions(topic);
     this.#checkOpen();
-    this.#sender ??= new KafkaSender(this.#config, this, (err) =>
-      this.#logError('Kafka producer error', err),
+    const producer = new KafkaTopicProducer(
+      topic,
+      this.#senderFor(),
+      () => this.#producers.delete(producer),
+      (t, m) => this.#hold(t, m),
+      (t, m, o) => this.#prepare(t, m, o?.immunityMs ?? DEFAULT_IMMUNITY_MS),
     );
-    const producer = new KafkaTopicProducer(topic, this.#sender, () => this.#producers.delete(producer));
     this.#producers.add(producer);
     return producer;
   }
 
-  async subscribe(options: SubscribeOptions): Promise<Subscription> {
+  subscribe(options: SubscribeOptions): Promise<Subscription> {
+    return this.#subscribe(options, undefined);
+  }
+
+  async #subscribe(options: SubscribeOptions, fetchMaxWaitMs: number | undefined): Promise<Subscription> {
     this.#checkOpen();
     KafkaSubscription.validate(options);
     await this.partitions(options.topic);
@@ -181,6 +330,7 @@ class KafkaBroker implements Broker, TopicInfo {
       log: this.#options.log,
       defaultAckTimeoutMs: this.#options.ackTimeoutMs,
       onClosed: (s) => this.#subscriptions.delete(s),
+      fetchMaxWaitMs,
     });
     this.#subscriptions.add(sub);
     try {
@@ -212,6 +362,8 @@ class KafkaBroker implements Broker, TopicInfo {
   close = closeOnce(async () => {
     this.#closed = true;
     await closeAll([
+      () => this.#holdingCheck,
+      () => this.#holding.close(),
       () => Promise.all([...this.#subscriptions].map((s) => s.close())),
       () => Promise.all([...this.#producers].map((p) => p.close())),
       () => this.#sender?.close(),

@@ -1,9 +1,8 @@
-import { randomUUID } from 'node:crypto';
 import { Producer as KafkaProducer, type MessageToProduce } from '@platformatic/kafka';
-import { ClosedError, MqError, ResourceExhaustedError, UnsupportedError } from '../../core/errors.js';
+import { ClosedError, UnsupportedError } from '../../core/errors.js';
 import { closeAll, closeOnce } from '../../core/lifecycle.js';
 import type { OutgoingMessage } from '../../core/message.js';
-import type { PreparedTransaction, Producer, SendResult } from '../broker.js';
+import type { PreparedTransaction, PrepareOptions, Producer, SendResult } from '../broker.js';
 import { type EncodedRecord, encodeMessage, messageId } from './codec.js';
 import type { KafkaConfig } from './config.js';
 import { toKafkaMqError } from './errors.js';
@@ -11,8 +10,6 @@ import { partitionForKey } from './murmur2.js';
 
 /** Concurrent send() calls are gathered into one produce request, up to this many records. */
 const MAX_BATCH = 500;
-/** Prepared (open) transactions a broker holds at once; each owns a transactional producer. */
-const MAX_OPEN_TRANSACTIONS = 64;
 
 type RawProducer = KafkaProducer<Buffer, Buffer, Buffer, Buffer>;
 
@@ -31,8 +28,8 @@ export interface TopicInfo {
 export function rejectDeliverAt(message: OutgoingMessage): void {
   if (message.deliverAt !== undefined) {
     throw new UnsupportedError(
-      'Kafka has no delayed delivery: deliverAt cannot be honoured on a kafka:// broker; ' +
-        'send without deliverAt, or use a broker with capabilities.delay (memory, rocketmq)',
+      'a Kafka transaction cannot also be delayed: prepare() with a deliverAt is not supported on a kafka:// broker; ' +
+        'send the delayed message without a transaction, or prepare it without deliverAt',
     );
   }
 }
@@ -66,11 +63,8 @@ export class KafkaSender {
   #queue: Pending[] = [];
   #flushing: Promise<void> | undefined;
   #closed = false;
-  readonly #config: KafkaConfig;
-  readonly #transactions = new Set<KafkaTransaction>();
 
   constructor(config: KafkaConfig, topics: TopicInfo, onError: (err: unknown) => void) {
-    this.#config = config;
     this.#topics = topics;
     this.#raw = new KafkaProducer({
       clientId: `${config.clientId}-producer`,
@@ -86,13 +80,15 @@ export class KafkaSender {
     this.#raw.on('error', onError);
   }
 
-  get openTransactions(): number {
-    return this.#transactions.size;
-  }
-
-  send(topic: string, message: OutgoingMessage): Promise<SendResult> {
+  /** `id`: a released held message's id, carried in a header (see codec.ts HEADER_ID). */
+  send(topic: string, message: OutgoingMessage, id?: string): Promise<SendResult> {
     if (this.#closed) return Promise.reject(new ClosedError('the Kafka broker is closed'));
-    const record = encodeMessage(message, Date.now());
+    let record: EncodedRecord;
+    try {
+      record = encodeMessage(message, Date.now(), id);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return new Promise<SendResult>((resolve, reject) => {
       this.#queue.push({ topic, record, resolve, reject });
       this.#flushing ??= this.#flushLoop();
@@ -157,137 +153,15 @@ export class KafkaSender {
     }
   }
 
-  /**
-   * Two-phase publish on Kafka transactions. A Kafka producer runs one transaction at a time,
-   * and the commit may come much later from another call, so each prepared message gets its
-   * own transactional producer (own transactional.id). Consequences worth knowing:
-   * - read_committed consumers (ours) do not see the record until commit; aborted ones never.
-   * - Kafka aborts a transaction left open longer than its timeout (60 s here).
-   * - While it is open, read_committed consumers of that partition stop at the open record
-   *   (the last stable offset), so later records of the partition wait for the outcome too.
-   */
-  async prepare(topic: string, message: OutgoingMessage): Promise<PreparedTransaction> {
-    if (this.#closed) throw new ClosedError('the Kafka broker is closed');
-    if (this.#transactions.size >= MAX_OPEN_TRANSACTIONS) {
-      throw new ResourceExhaustedError(
-        `${MAX_OPEN_TRANSACTIONS} prepared Kafka transactions are already open on this broker; commit or roll back some first`,
-      );
-    }
-    const partitions = await this.#topics.partitions(topic);
-    const record = encodeMessage(message, Date.now());
-    const tx = new KafkaTransaction(this.#config, () => this.#transactions.delete(tx));
-    this.#transactions.add(tx);
-    try {
-      const partition = this.#partitioner.pick(topic, record.key, partitions);
-      await tx.begin(topic, partition, record);
-    } catch (err) {
-      await tx.rollback().catch(() => {});
-      throw toKafkaMqError(err, `preparing a transactional message on Kafka topic "${topic}"`, topic);
-    }
-    return tx;
-  }
-
   close = closeOnce(async () => {
     this.#closed = true;
     await closeAll([
       async () => {
         while (this.#flushing) await this.#flushing;
       },
-      async () => {
-        const open = [...this.#transactions];
-        await Promise.allSettled(open.map((t) => t.rollback()));
-      },
       () => this.#raw.close(true),
     ]);
   });
-}
-
-class KafkaTransaction implements PreparedTransaction {
-  messageId = '';
-  readonly transactionId: string;
-  readonly #raw: RawProducer;
-  #tx: Awaited<ReturnType<RawProducer['beginTransaction']>> | undefined;
-  #settled: Promise<void> | undefined;
-  /** true once committed (or committing), false once rolled back. */
-  #outcome: boolean | undefined;
-  readonly #onDone: () => void;
-
-  constructor(config: KafkaConfig, onDone: () => void) {
-    this.transactionId = `mqgate-${randomUUID()}`;
-    this.#onDone = onDone;
-    this.#raw = new KafkaProducer({
-      clientId: `${config.clientId}-tx`,
-      bootstrapBrokers: config.brokers,
-      idempotent: true,
-      transactionalId: this.transactionId,
-      // The library sends its request timeout as the transaction timeout in InitProducerId.
-      timeout: 60_000,
-      retries: 3,
-      retryDelay: 500,
-    });
-    this.#raw.on('error', () => {});
-  }
-
-  async begin(topic: string, partition: number, record: EncodedRecord): Promise<void> {
-    this.#tx = await this.#raw.beginTransaction();
-    const result = await this.#tx.send({
-      messages: [
-        {
-          topic,
-          partition,
-          key: record.key,
-          value: record.value,
-          headers: record.headers,
-          timestamp: record.timestamp,
-        },
-      ],
-    });
-    const offset = result.offsets?.[0]?.offset ?? -1n;
-    this.messageId = messageId(topic, partition, offset);
-  }
-
-  commit(): Promise<void> {
-    return this.#finish(true);
-  }
-
-  rollback(): Promise<void> {
-    return this.#finish(false);
-  }
-
-  #finish(commit: boolean): Promise<void> {
-    if (this.#outcome !== undefined && this.#outcome !== commit) {
-      const done = this.#outcome ? 'committed' : 'rolled back';
-      return Promise.reject(
-        new MqError(
-          'FAILED_PRECONDITION',
-          `Kafka transaction ${this.transactionId} was already ${done}; it cannot be ${commit ? 'committed' : 'rolled back'} now`,
-        ),
-      );
-    }
-    this.#outcome = commit;
-    this.#settled ??= (async () => {
-      try {
-        await closeAll([
-          async () => {
-            if (!this.#tx) return;
-            try {
-              if (commit) await this.#tx.commit();
-              else await this.#tx.abort();
-            } catch (err) {
-              throw toKafkaMqError(
-                err,
-                `${commit ? 'committing' : 'rolling back'} Kafka transaction ${this.transactionId}`,
-              );
-            }
-          },
-          () => this.#raw.close(true),
-        ]);
-      } finally {
-        this.#onDone();
-      }
-    })();
-    return this.#settled;
-  }
 }
 
 /** What broker.producer(topic) hands out: a topic-bound view of the shared sender. */
@@ -298,22 +172,45 @@ export class KafkaTopicProducer implements Producer {
   #closed = false;
   readonly #onClose: () => void;
 
-  constructor(topic: string, sender: KafkaSender, onClose: () => void) {
+  readonly #hold: (topic: string, message: OutgoingMessage) => Promise<SendResult>;
+
+  constructor(
+    topic: string,
+    sender: KafkaSender,
+    onClose: () => void,
+    hold: (topic: string, message: OutgoingMessage) => Promise<SendResult>,
+    prepareHeld: (
+      topic: string,
+      message: OutgoingMessage,
+      options?: PrepareOptions,
+    ) => Promise<PreparedTransaction>,
+  ) {
     this.topic = topic;
     this.#sender = sender;
     this.#onClose = onClose;
+    this.#hold = hold;
+    this.#prepareHeld = prepareHeld;
   }
+
+  readonly #prepareHeld: (
+    topic: string,
+    message: OutgoingMessage,
+    options?: PrepareOptions,
+  ) => Promise<PreparedTransaction>;
 
   async send(message: OutgoingMessage): Promise<SendResult> {
     if (this.#closed) throw new ClosedError(`producer for Kafka topic "${this.topic}" is closed`);
-    rejectDeliverAt(message);
-    return this.#track(this.#sender.send(this.topic, message));
+    if (message.deliverAt !== undefined && message.deliverAt > Date.now()) {
+      return this.#track(this.#hold(this.topic, message));
+    }
+    const { deliverAt: _due, ...now } = message;
+    return this.#track(this.#sender.send(this.topic, now));
   }
 
-  async prepare(message: OutgoingMessage): Promise<PreparedTransaction> {
+  async prepare(message: OutgoingMessage, options?: PrepareOptions): Promise<PreparedTransaction> {
     if (this.#closed) throw new ClosedError(`producer for Kafka topic "${this.topic}" is closed`);
     rejectDeliverAt(message);
-    return this.#track(this.#sender.prepare(this.topic, message));
+    return this.#track(this.#prepareHeld(this.topic, message, options));
   }
 
   #track<T>(p: Promise<T>): Promise<T> {

@@ -122,6 +122,11 @@ export interface KafkaSubscriptionDeps {
   log: BrokerLog | undefined;
   defaultAckTimeoutMs: number | undefined;
   onClosed: (sub: KafkaSubscription) => void;
+  /**
+   * Long-poll of one fetch (default 500 ms). A partition whose nack delay ends while a fetch is
+   * on the wire waits for that fetch, so the holding's exact tier uses a shorter one.
+   */
+  fetchMaxWaitMs?: number | undefined;
 }
 
 /**
@@ -207,7 +212,7 @@ export class KafkaSubscription implements Subscription {
       rebalanceTimeout: 10_000,
       heartbeatInterval: 1_000,
       autocommit: false,
-      maxWaitTime: FETCH_MAX_WAIT_MS,
+      maxWaitTime: deps.fetchMaxWaitMs ?? FETCH_MAX_WAIT_MS,
       retries: 2,
       retryDelay: RETRY_BACKOFF_MS,
       connectTimeout: 5_000,
@@ -614,7 +619,7 @@ export class KafkaSubscription implements Subscription {
         try {
           response = await this.#consumer.fetch({
             node: leader,
-            maxWaitTime: FETCH_MAX_WAIT_MS,
+            maxWaitTime: this.#deps.fetchMaxWaitMs ?? FETCH_MAX_WAIT_MS,
             minBytes: 1,
             maxBytes: FETCH_MAX_BYTES,
             topics: [

@@ -24,8 +24,18 @@
  * Server features used (2.9): durable pull consumers, a single `filter_subject` (and updating
  * it), nak with delay (2.7.1+), `Nats-Msg-Id` de-duplication. `filter_subjects` (plural) needs
  * 2.10: on 2.9 a multi-tag expression (`a||b`) uses the topic-wide filter and this adapter
- * acks the other tags itself; on 2.10+ the server filters. There is no per-message delay in
- * any NATS version this targets, so deliverAt in the future is UNSUPPORTED.
+ * acks the other tags itself; on 2.10+ the server filters.
+ *
+ * Delayed and transactional messages: NATS 2.9 cannot hold a message until a time, so they go
+ * through the gateway's holding mechanism (../holding/holding.ts): a held message is a record in
+ * the internal stream of topic `__mqgate_holding`, consumed by the shared durable consumer
+ * `mqgate-holding`, which naks a record not yet due with delay = due - now (the server
+ * redelivers it at its due time) and publishes it to its topic when due, with its message id as
+ * Nats-Msg-Id, so a second release within the duplicate window is de-duplicated by the server
+ * (and counted). That consumer has no max_ack_pending limit (-1): a nak with delay keeps the
+ * message pending at the server, and a limit would let long-delayed messages block short ones.
+ * A prepared transaction is a held record due at its immunity deadline; commit publishes the
+ * message then deletes the held record by sequence, rollback deletes it.
  */
 
 import { randomUUID } from 'node:crypto';
@@ -43,6 +53,7 @@ import {
   jetstreamManager,
   type PubAck,
   ReplayPolicy,
+  RetentionPolicy,
 } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
@@ -52,7 +63,6 @@ import {
   ResourceExhaustedError,
   TopicNotFoundError,
   UnavailableError,
-  UnsupportedError,
 } from '../../core/errors.js';
 import { closeAll, delay } from '../../core/lifecycle.js';
 import { type OutgoingMessage, toBytes } from '../../core/message.js';
@@ -60,17 +70,22 @@ import { parseTagExpression, type TagFilter } from '../../core/tags.js';
 import {
   type Broker,
   type BrokerCapabilities,
+  type BrokerCounters,
   type BrokerLog,
   type BrokerOpenOptions,
   DEFAULT_ACK_TIMEOUT_MS,
   DEFAULT_MAX_IN_FLIGHT,
   type HealthStatus,
   type PreparedTransaction,
+  type PrepareOptions,
   type Producer,
   type SendResult,
   type SubscribeOptions,
   type Subscription,
 } from '../broker.js';
+import { HOLDING_GROUP, Holding, type HoldingBackend, type HoldingTier } from '../holding/holding.js';
+import { releasedMessage } from '../holding/record.js';
+import { DEFAULT_IMMUNITY_MS, heldTransaction } from '../holding/transaction.js';
 import { checkStart } from '../start.js';
 import { type NatsConfig, parseNatsUrl } from './config.js';
 import { buildHeaders, dedupId } from './message.js';
@@ -97,6 +112,12 @@ const HEALTH_TIMEOUT_MS = 2_000;
 const MAX_IN_FLIGHT_LIMIT = 10_000;
 const CODE_STREAM_NOT_FOUND = 10059;
 const CODE_CONSUMER_NOT_FOUND = 10014;
+/** The internal topic of held (delayed, prepared) messages; "__" names are refused to clients. */
+export const HOLDING_TOPIC = '__mqgate_holding';
+/** Held records the mover takes at once; the server-side pending count is unlimited. */
+const HOLDING_IN_FLIGHT = 256;
+/** The holding consumer's ack_wait: a mover takes milliseconds per record. */
+const HOLDING_ACK_WAIT_MS = 3_000;
 
 const nanos = (ms: number): number => Math.round(ms * 1_000_000);
 
@@ -148,12 +169,11 @@ class NatsProducer implements Producer {
     return this.broker.publish(this.topic, message);
   }
 
-  prepare(_message: OutgoingMessage): Promise<PreparedTransaction> {
-    return Promise.reject(
-      new UnsupportedError(
-        `${BROKER} has no transactional (half message) publishing; send without a transaction or use a broker whose capabilities.transactions is true (rocketmq)`,
-      ),
-    );
+  prepare(message: OutgoingMessage, options?: PrepareOptions): Promise<PreparedTransaction> {
+    if (this.#closed) {
+      return Promise.reject(new ClosedError(`producer for topic "${this.topic}" is closed; open a new one`));
+    }
+    return this.broker.prepare(this.topic, message, options?.immunityMs ?? DEFAULT_IMMUNITY_MS);
   }
 
   async close(): Promise<void> {
@@ -196,8 +216,8 @@ export class NatsBroker implements Broker {
     this.#multiFilter = major > 2 || (major === 2 && minor >= 10);
     this.capabilities = {
       ordered: true,
-      delay: false,
-      transactions: false,
+      delay: true,
+      transactions: true,
       tagFilter: true,
       durable: config.storage === 'file',
       startPosition: true,
@@ -205,6 +225,113 @@ export class NatsBroker implements Broker {
     // Every send waiting out a retry listens on this signal; that is many listeners, not a leak.
     setMaxListeners(0, this.#abort.signal);
     this.#statusLoop = this.#watchStatus();
+    this.#holding = new Holding(this.#holdingBackend(), { log: this.#log });
+    // Held messages left by an earlier gateway are moved as soon as this one runs; without a
+    // holding stream there is nothing to move until the first hold() starts the mover.
+    this.#holdingCheck = this.#jsm.streams.info(streamName(config.streamPrefix, HOLDING_TOPIC)).then(
+      () => this.#holding.start(),
+      () => {},
+    );
+  }
+
+  readonly #holding: Holding;
+  readonly #holdingCheck: Promise<void>;
+
+  #holdingBackend(): HoldingBackend {
+    const tier: HoldingTier = { topic: HOLDING_TOPIC, spanMs: Number.POSITIVE_INFINITY };
+    return {
+      broker: BROKER,
+      tiers: [tier],
+      store: async (t, record, held) => {
+        await this.#ensureStream(t.topic);
+        const ack = await this.#publishRaw(t.topic, record, `${held.id}@${held.heldAt}`);
+        return { ref: ack.seq };
+      },
+      release: async (held) => {
+        await this.#ensureStream(held.topic);
+        const ack = await this.#publishRaw(held.topic, releasedMessage(held), held.id);
+        return { duplicate: ack.duplicate };
+      },
+      subscribe: (t, group) =>
+        this.subscribe({
+          topic: t.topic,
+          group,
+          maxInFlight: HOLDING_IN_FLIGHT,
+          start: 'earliest',
+          // After a server restart, records pending with a nak delay come back after ack_wait:
+          // keep it short so they are not late by the default 30 s.
+          ackTimeoutMs: HOLDING_ACK_WAIT_MS,
+        }),
+    };
+  }
+
+  /** Holding statistics, for tests and the gateway's metrics. */
+  get holding(): Holding {
+    return this.#holding;
+  }
+
+  counters(): BrokerCounters {
+    const s = this.#holding.stats;
+    return {
+      heldDelay: s.heldDelay,
+      heldTransaction: s.heldTransaction,
+      holdingMoves: s.moved,
+      holdingDuplicates: s.duplicates,
+      holdingLatenessSumMs: s.latenessSumMs,
+      holdingLatenessCount: s.latenessCount,
+    };
+  }
+
+  /** @internal the producers' prepare path: the message is held until commit, rollback or immunity. */
+  async prepare(topic: string, message: OutgoingMessage, immunityMs: number): Promise<PreparedTransaction> {
+    this.#assertOpen();
+    if (!Number.isFinite(immunityMs) || immunityMs < 0) {
+      throw new InvalidArgumentError(
+        `transaction immunity must be a number of milliseconds >= 0, got ${immunityMs}`,
+      );
+    }
+    this.#checkTag(message);
+    const id = dedupId(message) ?? randomUUID();
+    const transactionId = randomUUID();
+    const stored = await this.#holding.hold(topic, message, {
+      id,
+      kind: 'transaction',
+      dueAt: Date.now() + immunityMs,
+      txId: transactionId,
+    });
+    const seq = stored.ref as number;
+    const holdStream = streamName(this.#config.streamPrefix, HOLDING_TOPIC);
+    const removeHeld = async (): Promise<boolean> => {
+      try {
+        return await this.#jsm.streams.deleteMessage(holdStream, seq, false);
+      } catch (err) {
+        if (err instanceof JetStreamApiError && /no message found|not found/i.test(err.message)) return false;
+        throw this.#apiError(`deleting held transaction record ${seq} from ${holdStream}`, err);
+      }
+    };
+    return heldTransaction(id, transactionId, {
+      commit: async () => {
+        await this.#ensureStream(topic);
+        await this.#publishRaw(topic, { ...message, deliverAt: undefined }, id);
+        await removeHeld();
+      },
+      rollback: async () => {
+        if (!(await removeHeld())) {
+          throw new MqError(
+            'FAILED_PRECONDITION',
+            `transaction ${transactionId} cannot be rolled back: its immunity time passed and it was committed`,
+          );
+        }
+      },
+    });
+  }
+
+  #checkTag(message: OutgoingMessage): void {
+    if (message.tag !== undefined && message.tag !== '' && /\s|\|\||\*/.test(message.tag)) {
+      throw new InvalidArgumentError(
+        `tag "${message.tag}" is not valid: a tag contains no spaces, "||" or "*"`,
+      );
+    }
   }
 
   async #watchStatus(): Promise<void> {
@@ -249,19 +376,18 @@ export class NatsBroker implements Broker {
   /** @internal the producers' send path. */
   async publish(topic: string, message: OutgoingMessage): Promise<SendResult> {
     this.#assertOpen();
-    if (message.deliverAt !== undefined && message.deliverAt > Date.now()) {
-      throw new UnsupportedError(
-        `${BROKER} has no delayed delivery (nats-server 2.9 cannot hold a message until a time), so deliverAt ` +
-          `${new Date(message.deliverAt).toISOString()} cannot be honoured; send without deliverAt, or use a broker ` +
-          'whose capabilities.delay is true (memory, rocketmq)',
-      );
-    }
-    if (message.tag !== undefined && message.tag !== '' && /\s|\|\||\*/.test(message.tag)) {
-      throw new InvalidArgumentError(
-        `tag "${message.tag}" is not valid: a tag contains no spaces, "||" or "*"`,
-      );
-    }
+    this.#checkTag(message);
     const msgID = dedupId(message) ?? randomUUID();
+    if (message.deliverAt !== undefined && message.deliverAt > Date.now()) {
+      await this.#holding.hold(topic, message, { id: msgID, kind: 'delay', dueAt: message.deliverAt });
+      return { messageId: msgID };
+    }
+    await this.#publishRaw(topic, message, msgID);
+    return { messageId: msgID };
+  }
+
+  /** Publishes with retries under one Nats-Msg-Id; the stream must exist. */
+  async #publishRaw(topic: string, message: OutgoingMessage, msgID: string): Promise<PubAck> {
     const subject = publishSubject(this.#config.streamPrefix, topic, message.tag);
     const body = toBytes(message.body);
     const headers = buildHeaders(message, msgID, Date.now());
@@ -295,7 +421,7 @@ export class NatsBroker implements Broker {
         continue;
       }
       if (ack.duplicate) this.#log?.debug({ topic, msgID, seq: ack.seq }, 'nats publish de-duplicated');
-      return { messageId: msgID };
+      return ack;
     }
   }
 
@@ -355,9 +481,11 @@ export class NatsBroker implements Broker {
         name,
         subjects: [subjects],
         storage: c.storage,
-        retention: c.retention,
+        // The holding stream: a record is gone once moved (work queue: its one consumer is the
+        // mover), and never expires by age, whatever maxAge says, or a long delay would be lost.
+        retention: topic === HOLDING_TOPIC ? RetentionPolicy.Workqueue : c.retention,
         max_bytes: c.maxBytes,
-        max_age: nanos(c.maxAgeMs),
+        max_age: topic === HOLDING_TOPIC ? 0 : nanos(c.maxAgeMs),
         num_replicas: c.replicas,
       });
     } catch (err) {
@@ -442,7 +570,8 @@ export class NatsBroker implements Broker {
 
     const desired = {
       ack_wait: nanos(ackTimeoutMs),
-      max_ack_pending: maxInFlight,
+      // The holding consumer's naked-with-delay records stay pending at the server: no limit there.
+      max_ack_pending: topic === HOLDING_TOPIC && group === HOLDING_GROUP ? -1 : maxInFlight,
       filterSubjects,
       // A work-queue stream holds only unconsumed messages and its consumers must deliver all.
       deliver_policy:
@@ -620,6 +749,8 @@ export class NatsBroker implements Broker {
   async #close(): Promise<void> {
     this.#abort.abort();
     await closeAll([
+      () => this.#holdingCheck,
+      () => this.#holding.close(),
       ...[...this.#subscriptions].map((s) => () => s.close()),
       ...[...this.#producers].map((p) => () => p.close()),
       // Flush the naks of released deliveries, then close; flush cannot finish while

@@ -65,20 +65,28 @@ test('a missing topic is TOPIC_NOT_FOUND naming it when auto-creation is off', a
   }
 });
 
-test('deliverAt and reserved property names are refused, nothing is sent', async () => {
+test('a delayed prepare and reserved property names are refused, nothing is sent', async () => {
   const broker = await openTestKafka();
   try {
     const p = await broker.producer(`refuse-${randomUUID()}`);
-    await assert.rejects(p.send({ body: 'x', deliverAt: Date.now() + 1000 }), (err: unknown) => {
+    await assert.rejects(p.prepare({ body: 'x', deliverAt: Date.now() + 1000 }), (err: unknown) => {
       assert.equal(code(err), 'UNSUPPORTED');
       assert.match((err as Error).message, /Kafka/);
       return true;
     });
-    await assert.rejects(p.prepare({ body: 'x', deliverAt: Date.now() + 1000 }), /Kafka/);
-    await assert.rejects(p.send({ body: 'x', properties: { 'mqgate-tag': 'spoof' } }), (err: unknown) => {
-      assert.equal(code(err), 'INVALID_ARGUMENT');
-      return true;
-    });
+    for (const name of ['mqgate-tag', 'mqgate-id']) {
+      await assert.rejects(p.send({ body: 'x', properties: { [name]: 'spoof' } }), (err: unknown) => {
+        assert.equal(code(err), 'INVALID_ARGUMENT');
+        return true;
+      });
+    }
+    await assert.rejects(
+      p.send({ body: 'x', deliverAt: Date.now() + 60_000, properties: { 'mqgate-hold-due': '1' } }),
+      (err: unknown) => {
+        assert.equal(code(err), 'INVALID_ARGUMENT');
+        return true;
+      },
+    );
   } finally {
     await broker.close();
   }

@@ -135,14 +135,21 @@ describe('nats adapter', { timeout: 240_000 }, () => {
     }
   });
 
-  test('deliverAt in the future and transactions are UNSUPPORTED naming NATS JetStream', async () => {
+  test('deliverAt in the future is held in the internal holding stream; reserved properties are refused', async () => {
+    assert.equal(broker.capabilities.delay, true);
+    assert.equal(broker.capabilities.transactions, true);
     const p = await broker.producer(topicName());
+    await p.send({ body: 'x', deliverAt: Date.now() + 60_000 });
+    const jsm = await jetstreamManager(nc);
+    const held = await jsm.streams.info('mqgate___mqgate_holding');
+    assert.ok(held.state.messages >= 1, 'the delayed message is a record of the holding stream');
+    assert.equal(held.config.retention, 'workqueue', 'a moved record is removed from the holding stream');
+    assert.equal(held.config.max_age, 0, 'held records never expire by age');
     await rejectsWith(
-      p.send({ body: 'x', deliverAt: Date.now() + 60_000 }),
-      'UNSUPPORTED',
-      /NATS JetStream.*delay/,
+      p.send({ body: 'x', deliverAt: Date.now() + 60_000, properties: { 'mqgate-hold-due': '1' } }),
+      'INVALID_ARGUMENT',
+      /mqgate-hold-/,
     );
-    await rejectsWith(p.prepare({ body: 'x' }), 'UNSUPPORTED', /NATS JetStream/);
     const sent = await p.send({ body: 'due already', deliverAt: Date.now() - 1000 });
     assert.ok(sent.messageId.length > 0, 'a deliverAt in the past is simply due');
     await p.close();

@@ -64,15 +64,16 @@ const files = {
 export const namesrvAddress = `${HOST}:${ports.namesrv}`;
 export const proxyEndpoint = `${HOST}:${ports.proxyGrpc}`;
 
-export type RocketMqTopicType = 'NORMAL' | 'FIFO' | 'DELAY' | 'TRANSACTION';
+export type RocketMqTopicType = 'NORMAL' | 'FIFO' | 'DELAY' | 'TRANSACTION' | 'MIXED';
 
 /** How many of each pre-created topic and group there are (suffixes 0 .. COUNT - 1). */
 export const ROCKETMQ_PRESET_COUNT = 20;
-const TOPIC_PREFIX: Record<RocketMqTopicType, string> = {
+export const TOPIC_PREFIX: Readonly<Record<RocketMqTopicType, string>> = {
   NORMAL: 'mqgate-normal-',
   FIFO: 'mqgate-fifo-',
   DELAY: 'mqgate-delay-',
   TRANSACTION: 'mqgate-tx-',
+  MIXED: 'mqgate-mixed-',
 };
 export const ROCKETMQ_READY_TOPIC = 'mqgate-ready';
 export const ROCKETMQ_READY_GROUP = 'mqgate-ready-group';
@@ -147,6 +148,9 @@ function writeConfigs(): void {
       // Orphaned half messages are checked every 10 s instead of 30 s, so tests of the check-back wait less.
       'transactionCheckInterval=10000',
       'autoCreateTopicEnable=false',
+      // MIXED topics take normal, FIFO, delayed and transactional messages, as every RocketMQ 4
+      // topic did and as clients written for it expect; RocketMQ 5 creates them only with this.
+      'enableMixedMessageType=true',
       'autoCreateSubscriptionGroup=true',
       '',
     ].join('\n'),

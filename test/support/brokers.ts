@@ -29,6 +29,7 @@ import {
   rocketMqRoundTrip,
   startProxy,
   stopProxy,
+  TOPIC_PREFIX,
 } from '../../scripts/brokers/rocketmq.js';
 
 export type { BrokersState, RocketMqTopicType };
@@ -56,13 +57,6 @@ export const rocketMqNamesrv = (): string => brokers().rocketmq.namesrv;
 export const natsUrl = (): string => brokers().nats.url;
 
 export const ROCKETMQ_PRESETS = ROCKETMQ_PRESET_COUNT;
-
-const TOPIC_PREFIX: Record<RocketMqTopicType, string> = {
-  NORMAL: 'mqgate-normal-',
-  FIFO: 'mqgate-fifo-',
-  DELAY: 'mqgate-delay-',
-  TRANSACTION: 'mqgate-tx-',
-};
 
 function checkIndex(i: number): void {
   if (!Number.isInteger(i) || i < 0 || i >= ROCKETMQ_PRESET_COUNT) {

@@ -200,7 +200,8 @@ export class RocketMqProducer implements Producer {
     return new MqError(
       'FAILED_PRECONDITION',
       `topic "${this.topic}" accepts ${this.#typesText()} messages, but ${why} needs a ${name} topic; ` +
-        `${topicHint(`<${name.toLowerCase()}-topic>`, this.#host.url.cluster, name)}`,
+        `${topicHint(`<${name.toLowerCase()}-topic>`, this.#host.url.cluster, name)}; ` +
+        'or send every type to one MIXED topic (+message.type=MIXED, on a broker started with enableMixedMessageType=true)',
     );
   }
 
@@ -236,10 +237,14 @@ export class RocketMqProducer implements Producer {
       // A DELAY topic refuses plain messages; "deliver now" is the faithful translation.
       options.deliveryTimestamp = new Date();
     }
-    if (accepts.has(MessageType.FIFO) && (message.key !== undefined || fifoOnly)) {
-      if (options.deliveryTimestamp) {
-        throw new InvalidArgumentError('RocketMQ cannot combine a key (FIFO message group) with deliverAt');
-      }
+    // A delayed message cannot join a FIFO message group. That only arises on a MIXED topic (a
+    // FIFO topic refuses deliverAt above), where its key then travels as a property, as on a
+    // NORMAL topic: delayed messages keep no per-key order there.
+    if (
+      accepts.has(MessageType.FIFO) &&
+      !options.deliveryTimestamp &&
+      (message.key !== undefined || fifoOnly)
+    ) {
       // Keyless messages on a FIFO topic promise no order, so they get their own group each.
       options.messageGroup = message.key ?? randomUUID();
     }

@@ -14,13 +14,14 @@ import {
   rocketMqEndpoint,
 } from '../../support/brokers.js';
 
-export type Kind = 'normal' | 'fifo' | 'delay' | 'transaction';
+export type Kind = 'normal' | 'fifo' | 'delay' | 'transaction' | 'mixed';
 
 const TYPE: Record<Kind, RocketMqTopicType> = {
   normal: 'NORMAL',
   fifo: 'FIFO',
   delay: 'DELAY',
   transaction: 'TRANSACTION',
+  mixed: 'MIXED',
 };
 
 export function rocketMqUrl(query = ''): URL {
@@ -37,7 +38,7 @@ export class TopicPool {
   readonly #sizes: Record<Kind, number>;
 
   constructor(sizes: Partial<Record<Kind, number>>) {
-    this.#sizes = { normal: 2, fifo: 1, delay: 1, transaction: 1, ...sizes };
+    this.#sizes = { normal: 2, fifo: 1, delay: 1, transaction: 1, mixed: 0, ...sizes };
   }
 
   async topic(kind: Kind): Promise<string> {

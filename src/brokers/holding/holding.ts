@@ -2,7 +2,7 @@ import { KeyedLanes } from '../../bus/lanes.js';
 import { ClosedError, isMqError } from '../../core/errors.js';
 import { delay } from '../../core/lifecycle.js';
 import type { OutgoingMessage } from '../../core/message.js';
-import type { BrokerLog, Delivery, Subscription } from '../broker.js';
+import type { BrokerCounters, BrokerLog, Delivery, Subscription } from '../broker.js';
 import {
   checkHoldable,
   type Decision,
@@ -164,6 +164,19 @@ export class Holding {
     latenessMaxMs: 0,
     latenessBuckets: new Array<number>(LATENESS_BUCKETS_MS.length + 1).fill(0),
   };
+
+  /** The figures the gateway exports for this broker (`mqgate_broker_held_*`, `..._holding_*`). */
+  counters(): BrokerCounters {
+    const s = this.stats;
+    return {
+      heldDelay: s.heldDelay,
+      heldTransaction: s.heldTransaction,
+      holdingMoves: s.moved,
+      holdingDuplicates: s.duplicates,
+      holdingLatenessSumMs: s.latenessSumMs,
+      holdingLatenessCount: s.latenessCount,
+    };
+  }
   readonly #backend: HoldingBackend;
   readonly #log: BrokerLog | undefined;
   readonly #group: string;

@@ -188,15 +188,7 @@ class KafkaBroker implements Broker, TopicInfo {
   }
 
   counters(): BrokerCounters {
-    const s = this.#holding.stats;
-    return {
-      heldDelay: s.heldDelay,
-      heldTransaction: s.heldTransaction,
-      holdingMoves: s.moved,
-      holdingDuplicates: s.duplicates,
-      holdingLatenessSumMs: s.latenessSumMs,
-      holdingLatenessCount: s.latenessCount,
-    };
+    return this.#holding.counters();
   }
 
   #logError(msg: string, err: unknown): void {

@@ -271,15 +271,7 @@ export class NatsBroker implements Broker {
   }
 
   counters(): BrokerCounters {
-    const s = this.#holding.stats;
-    return {
-      heldDelay: s.heldDelay,
-      heldTransaction: s.heldTransaction,
-      holdingMoves: s.moved,
-      holdingDuplicates: s.duplicates,
-      holdingLatenessSumMs: s.latenessSumMs,
-      holdingLatenessCount: s.latenessCount,
-    };
+    return this.#holding.counters();
   }
 
   /** @internal the producers' prepare path: the message is held until commit, rollback or immunity. */

@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ClientDuplexStream, Metadata, type StatusObject } from '@grpc/grpc-js';
+import type { WireSubscribeOpen } from '../../src/gateway/wire.js';
 import type { RawClient, Received } from './gateway.js';
 import { eventually } from './leaks.js';
 
@@ -23,20 +24,7 @@ export interface PublishResult {
   transaction_id: string;
 }
 
-export interface SubscribeOpen {
-  consumer_id?: string;
-  endpoint?: string;
-  access_key_id?: string;
-  access_key_secret?: string;
-  instance_id?: string;
-  topic?: string;
-  group_id?: string;
-  tag_expression?: string;
-  start?: string;
-  max_in_flight?: number;
-  max_batch_messages?: number;
-  max_batch_bytes?: number;
-}
+export type SubscribeOpen = WireSubscribeOpen;
 
 export interface SubscribeFrame {
   open?: SubscribeOpen;

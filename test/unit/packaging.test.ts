@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +18,14 @@ const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 function requireBuilt(): void {
   assert.ok(existsSync(join(ROOT, 'dist', 'cli.js')), 'dist/ is missing: run npm run build first');
 }
+
+test('the built CLI is executable, so `npx mqgate` runs from a clone after npm ci', () => {
+  requireBuilt();
+  // npm sets the mode of an installed package's bin, but not of the project's own: the build does.
+  assert.ok((statSync(join(ROOT, 'dist', 'cli.js')).mode & 0o111) !== 0, 'dist/cli.js is not executable');
+  const out = execFileSync('npx', ['mqgate', '--version'], { cwd: ROOT, encoding: 'utf8' });
+  assert.match(out, /\d+\.\d+\.\d+/);
+});
 
 test("require('mqgate') and require('mqgate/client') work from a CommonJS project", () => {
   requireBuilt();

@@ -6,7 +6,7 @@
  */
 import { type ClientHttp2Session, connect, constants } from 'node:http2';
 import { loadSync, type MethodDefinition } from '@grpc/proto-loader';
-import { PROTO_PATH } from './load.js';
+import { PROTO_LOADER_OPTIONS, PROTO_PATH } from './load.js';
 
 const SERVICE = 'rocketmq.RocketMQProxy';
 
@@ -16,13 +16,7 @@ let methods: Record<string, Method> | undefined;
 
 function method(name: string): Method {
   if (!methods) {
-    const def = loadSync(PROTO_PATH, {
-      keepCase: true,
-      longs: String,
-      enums: String,
-      defaults: true,
-      oneofs: true,
-    });
+    const def = loadSync(PROTO_PATH, PROTO_LOADER_OPTIONS);
     methods = def[SERVICE] as unknown as Record<string, Method>;
   }
   const m = methods[name];

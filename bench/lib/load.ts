@@ -4,12 +4,12 @@
  * percentiles and least-squares slopes.
  */
 
-import { join } from 'node:path';
 import { type Client, credentials, loadPackageDefinition, Metadata, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import { ROOT } from './processes.js';
 
-export const PROTO_PATH = join(ROOT, 'proto', 'rocketmq_proxy.proto');
+export { PROTO_LOADER_OPTIONS, PROTO_PATH } from '../../src/proto.js';
+
+import { PROTO_LOADER_OPTIONS, PROTO_PATH } from '../../src/proto.js';
 
 export type RawClient = Client & Record<string, (...args: unknown[]) => unknown>;
 
@@ -23,13 +23,7 @@ let ctor:
 
 export function rawClient(port: number, options: object = {}): RawClient {
   if (!ctor) {
-    const def = loadSync(PROTO_PATH, {
-      keepCase: true,
-      longs: String,
-      enums: String,
-      defaults: true,
-      oneofs: true,
-    });
+    const def = loadSync(PROTO_PATH, PROTO_LOADER_OPTIONS);
     const pkg = loadPackageDefinition(def) as unknown as {
       rocketmq: { RocketMQProxy: NonNullable<typeof ctor> };
     };

@@ -26,7 +26,7 @@ import {
   type ServiceDefinition,
 } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import { PROTO_PATH } from './load.js';
+import { PROTO_LOADER_OPTIONS, PROTO_PATH } from './load.js';
 
 /** Same length as an embedded-broker message id. */
 const MESSAGE_ID = '01a1ff7b689bd62bdc8100000001';
@@ -45,9 +45,9 @@ const STREAM_MESSAGE = {
 const RECEIPT = '00000000-0000-4000-8000-';
 
 async function grpcJs(): Promise<number> {
-  const pkg = loadPackageDefinition(
-    loadSync(PROTO_PATH, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true }),
-  ) as unknown as { rocketmq: { RocketMQProxy: { service: ServiceDefinition } } };
+  const pkg = loadPackageDefinition(loadSync(PROTO_PATH, PROTO_LOADER_OPTIONS)) as unknown as {
+    rocketmq: { RocketMQProxy: { service: ServiceDefinition } };
+  };
   const server = new Server({
     'grpc.max_receive_message_length': MAX_MESSAGE_SIZE * 2 + 64 * 1024,
     'grpc.max_send_message_length': MAX_MESSAGE_SIZE * 2 + 64 * 1024,

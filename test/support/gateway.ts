@@ -7,18 +7,12 @@ import { type Client, credentials, loadPackageDefinition, Metadata, type Service
 import { loadSync } from '@grpc/proto-loader';
 import type { GatewayConfig } from '../../src/gateway/config.js';
 import { createLogger } from '../../src/gateway/log.js';
-import { Gateway, PROTO_PATH } from '../../src/gateway/server.js';
+import { Gateway, PROTO_LOADER_OPTIONS, PROTO_PATH } from '../../src/gateway/server.js';
 
 export type RawClient = Client & Record<string, (...args: unknown[]) => unknown>;
 
 export function rawClient(port: number): RawClient {
-  const def = loadSync(PROTO_PATH, {
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
+  const def = loadSync(PROTO_PATH, PROTO_LOADER_OPTIONS);
   const pkg = loadPackageDefinition(def) as unknown as {
     rocketmq: {
       RocketMQProxy: new (addr: string, creds: ReturnType<typeof credentials.createInsecure>) => RawClient;

@@ -22,7 +22,7 @@ import {
 } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { type ConsumerStatus, MQClient, type ReceivedMessage } from '../../../src/client/index.js';
-import { PROTO_PATH } from '../../../src/gateway/server.js';
+import { PROTO_LOADER_OPTIONS, PROTO_PATH } from '../../../src/gateway/server.js';
 import { eventually, withLeakCheck } from '../../support/leaks.js';
 import { metric, startTestGateway, uniq, within } from './helpers.js';
 
@@ -44,13 +44,7 @@ async function legacyProxy(target: number): Promise<{
   calls: Map<string, number>;
   close(): Promise<void>;
 }> {
-  const def = loadSync(PROTO_PATH, {
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
+  const def = loadSync(PROTO_PATH, PROTO_LOADER_OPTIONS);
   const pkg = loadPackageDefinition(def) as unknown as {
     rocketmq: {
       RocketMQProxy: (new (

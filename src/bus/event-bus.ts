@@ -9,6 +9,7 @@ import type {
   Subscription,
 } from '../brokers/broker.js';
 import { openBroker } from '../brokers/index.js';
+import { backoffDelay } from '../core/backoff.js';
 import { ClosedError, checkOptionNames, InvalidArgumentError, isMqError } from '../core/errors.js';
 import { closeAll } from '../core/lifecycle.js';
 import { bodyText, type Message, type OutgoingMessage } from '../core/message.js';
@@ -427,8 +428,9 @@ class LaneSubscription<T> implements BusSubscription {
   }
 
   async #nack(delivery: Delivery, attempt: number, err: unknown, span: Span | undefined): Promise<void> {
-    const { initialMs, maxMs, factor } = this.#backoff;
-    const delayMs = Math.min(maxMs, initialMs * factor ** (attempt - 1));
+    // No jitter: the retry delays are the caller's numbers, and each key's retries are spread by
+    // the order in which its messages fail anyway.
+    const delayMs = backoffDelay({ ...this.#backoff, jitter: 'none' }, attempt - 1);
     this.#retried++;
     span?.addEvent('retry', { [ATTR.deliveryAttempt]: attempt, 'mqgate.retry.delay_ms': delayMs });
     await this.#settle(delivery.nack({ delayMs, reason: errorText(err) }), delivery.message);

@@ -1,10 +1,10 @@
 import { setMaxListeners } from 'node:events';
 import { ClosedError, InvalidArgumentError, MqError, toMqError } from '../core/errors.js';
-import { delay } from '../core/lifecycle.js';
+import { abortable, delay } from '../core/lifecycle.js';
 import { ATTR, endSpan, startMessagingSpan, tracingOn, withTraceContext } from '../core/tracing.js';
 import { type MessageBody, type PropertiesInput, wireBody, wireProperties } from './message.js';
 import { PublishChannel, type PublishEntryInput, PublishUnsupportedError } from './publish-stream.js';
-import { abortable, backoffDelay, type ResolvedBackoff, retrying } from './retry.js';
+import { backoffDelay, type ResolvedBackoff, retrying } from './retry.js';
 import type { CallControl, Rpc, UnaryMethod } from './rpc.js';
 import type { WireCreateProducerResponse, WireProperties, WireSendResponse } from './wire.js';
 

@@ -1,4 +1,5 @@
-import { abortError, InvalidArgumentError, toMqError } from '../core/errors.js';
+import { backoffDelay as waitFor } from '../core/backoff.js';
+import { InvalidArgumentError, toMqError } from '../core/errors.js';
 import { delay } from '../core/lifecycle.js';
 
 export interface BackoffOptions {
@@ -36,28 +37,7 @@ export function resolveBackoff(options: BackoffOptions | undefined, maxAttempts:
  * them arrive in waves.
  */
 export function backoffDelay(b: ResolvedBackoff, attempt: number): number {
-  const ceiling = Math.min(b.maxDelayMs, b.initialDelayMs * 2 ** Math.min(attempt, 30));
-  return Math.random() * ceiling;
-}
-
-/** Settles with `promise`, or rejects with ABORTED as soon as `signal` aborts (leaving no listener). */
-export function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined, what: string): Promise<T> {
-  if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(abortError(signal, what));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(abortError(signal, what));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
+  return waitFor({ initialMs: b.initialDelayMs, maxMs: b.maxDelayMs, jitter: 'full' }, attempt);
 }
 
 /**

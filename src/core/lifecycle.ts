@@ -1,4 +1,4 @@
-import { abortError, ClosedError } from './errors.js';
+import { abortError, ClosedError, TimeoutError } from './errors.js';
 
 /**
  * Runs every cleanup step even when an earlier one throws, then reports all failures at once.
@@ -146,4 +146,46 @@ export function delay(ms: number, signal?: AbortSignal): Promise<void> {
     }, ms);
     signal?.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+/** Settles with `promise`, or rejects with ABORTED as soon as `signal` aborts (leaving no listener). */
+export function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined, what: string): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) {
+    // The work goes on; its failure is nobody's business now, and must not be an unhandled rejection.
+    promise.catch(() => {});
+    return Promise.reject(abortError(signal, what));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(abortError(signal, what));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
+/**
+ * Resolves with `promise`, or rejects with TIMEOUT after `ms`; the promise keeps running and the
+ * caller cleans up after it. The timer is cleared as soon as either settles.
+ */
+export async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new TimeoutError(`${what} did not finish within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -1,5 +1,6 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { withTimeout } from '../core/lifecycle.js';
 import type { Audit } from './audit.js';
 import type { Authenticator } from './auth.js';
 import type { Logger } from './log.js';
@@ -45,20 +46,13 @@ export async function brokersUp(
   timeoutMs = BROKER_PROBE_TIMEOUT_MS,
 ): Promise<BrokerUp[]> {
   if (!router || router.refs.length === 0) return [];
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), timeoutMs);
-    timer.unref();
-  });
-  try {
-    const health = await Promise.race([router.health(), late]);
-    return router.refs.map((r, i) => ({
-      broker: `${r.broker.kind}#${r.index}`,
-      ok: health?.[i]?.ok === true,
-    }));
-  } finally {
-    clearTimeout(timer);
-  }
+  // A broker that does not answer in time is shown down; the probe itself runs on in the
+  // background and its result is dropped.
+  const health = await withTimeout(router.health(), timeoutMs, 'broker health probe').catch(() => undefined);
+  return router.refs.map((r, i) => ({
+    broker: `${r.broker.kind}#${r.index}`,
+    ok: health?.[i]?.ok === true,
+  }));
 }
 
 export interface CallerStatus {

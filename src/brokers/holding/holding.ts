@@ -1,4 +1,5 @@
 import { KeyedLanes } from '../../bus/lanes.js';
+import { Backoff, BROKER_RETRY } from '../../core/backoff.js';
 import { ClosedError, isMqError } from '../../core/errors.js';
 import { delay } from '../../core/lifecycle.js';
 import type { OutgoingMessage } from '../../core/message.js';
@@ -136,8 +137,6 @@ interface PartitionMoves {
   /** Deliveries skipped while a nack was pending: void once it rewinds the partition. */
   skipped: Delivery[];
 }
-const RETRY_MIN_MS = 200;
-const RETRY_MAX_MS = 5_000;
 /** A release or hop that failed is retried after this long. */
 const FAILED_MOVE_RETRY_MS = 1_000;
 
@@ -319,24 +318,22 @@ export class Holding {
     partitioned?: HoldingTier,
   ): Promise<void> {
     const signal = this.#abort.signal;
-    let failures = 0;
+    const backoff = new Backoff(BROKER_RETRY);
     while (!signal.aborted) {
       let sub: Subscription;
       try {
         sub = await subscribe();
       } catch (err) {
         if (signal.aborted) return;
-        failures++;
+        const wait = backoff.next();
         this.#log?.warn(
-          { err: text(err), topic: what, failures },
+          { err: text(err), topic: what, failures: backoff.failures },
           'holding mover cannot subscribe; retrying',
         );
-        await delay(Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** Math.min(failures, 5)), signal).catch(
-          () => {},
-        );
+        await delay(wait, signal).catch(() => {});
         continue;
       }
-      failures = 0;
+      backoff.reset();
       this.#subscriptions.add(sub);
       try {
         if (signal.aborted) return;

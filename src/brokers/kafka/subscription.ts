@@ -1,4 +1,5 @@
 import { Base, Consumer, type ConsumerGroupJoinPayload, IS_CONTROL } from '@platformatic/kafka';
+import { Backoff, type BackoffPolicy } from '../../core/backoff.js';
 import { InvalidArgumentError, NotFoundError, toMqError } from '../../core/errors.js';
 import { closeAll, closeOnce, delay, Notifier } from '../../core/lifecycle.js';
 import type { Message } from '../../core/message.js';
@@ -29,6 +30,8 @@ const FETCH_MAX_BYTES = 4 * 1024 * 1024;
 /** Acked offsets are committed in one request at most this long after the ack. */
 const COMMIT_DELAY_MS = 100;
 const RETRY_BACKOFF_MS = 500;
+/** Fetch retries: the client library's own retry delay first, growing while Kafka stays away. */
+const FETCH_RETRY: BackoffPolicy = { initialMs: RETRY_BACKOFF_MS, maxMs: 5_000, jitter: 'equal' };
 
 interface BufferedRecord {
   offset: bigint;
@@ -478,6 +481,7 @@ export class KafkaSubscription implements Subscription {
   /** Resolves each assigned partition's start: committed offset, else the `start` policy. */
   async #assign(partitions: number[], generation: number): Promise<void> {
     if (partitions.length === 0) return;
+    const backoff = new Backoff(FETCH_RETRY);
     for (;;) {
       if (this.#closed || generation !== this.#generation) return;
       try {
@@ -534,7 +538,7 @@ export class KafkaSubscription implements Subscription {
         if (this.#closed || generation !== this.#generation) return;
         this.#warn('resolving start offsets of assigned Kafka partitions failed; retrying', err);
         try {
-          await delay(RETRY_BACKOFF_MS, this.#abort.signal);
+          await delay(backoff.next(), this.#abort.signal);
         } catch {
           return;
         }
@@ -572,6 +576,7 @@ export class KafkaSubscription implements Subscription {
   }
 
   async #runFetchLoop(): Promise<void> {
+    const backoff = new Backoff(FETCH_RETRY);
     while (!this.#closed) {
       const ready = this.#fetchable();
       if (ready.length === 0) {
@@ -584,13 +589,14 @@ export class KafkaSubscription implements Subscription {
       }
       try {
         await this.#fetchOnce(ready);
+        backoff.reset();
       } catch (err) {
         if (this.#closed) return;
         this.#warn('fetching from Kafka failed; retrying', err);
         if (kafkaErrorHas(err, 'apiId', 'OFFSET_OUT_OF_RANGE')) await this.#resetOutOfRange(ready);
         this.#consumer.clearMetadata();
         try {
-          await delay(RETRY_BACKOFF_MS, this.#abort.signal);
+          await delay(backoff.next(), this.#abort.signal);
         } catch {
           return;
         }

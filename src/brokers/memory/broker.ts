@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { Deque } from '../../core/deque.js';
 import {
   ClosedError,
   InvalidArgumentError,
@@ -28,8 +29,8 @@ import {
   type SubscribeOptions,
   type Subscription,
 } from '../broker.js';
+import { KeyedHold } from '../delivery/keyed.js';
 import { checkStart } from '../start.js';
-import { Deque } from './deque.js';
 import {
   DEFAULT_GROUP_RETENTION_MS,
   DEFAULT_MAX_ATTEMPTS,
@@ -187,11 +188,6 @@ interface Entry {
   readonly slot: Slot;
   attempts: number;
   locked: boolean;
-}
-
-interface KeyLock {
-  holder: Entry;
-  waiting: Deque<Entry> | undefined;
 }
 
 export interface MemoryGroupStats {
@@ -484,8 +480,8 @@ class Group {
   readonly #unread = new Deque<Slot>();
   /** Entries ready to deliver again (nacked, expired, released) or just unlocked. */
   readonly #ready = new Deque<Entry>();
-  readonly #keys = new Map<string, KeyLock>();
-  #parked = 0;
+  /** ordered: each key's head (read, not finished) and the entries waiting behind it. */
+  readonly #keys: KeyedHold<Entry>;
   /** Entries waiting out a nack delay (or a dead-letter retry), with their scheduler entries. */
   readonly #sleeping = new Map<Entry, ScheduledTask>();
   /** When the last subscription closed; undefined while the group has one. */
@@ -501,6 +497,7 @@ class Group {
     filter: TagFilter,
   ) {
     this.filter = filter;
+    this.#keys = new KeyedHold(topic.engine.scheduler);
   }
 
   offer(slot: Slot): void {
@@ -559,15 +556,10 @@ class Group {
       released++;
     }
     this.#ready.clear();
-    for (const lock of this.#keys.values()) {
-      if (lock.waiting === undefined) continue;
-      for (const entry of lock.waiting) {
-        topic.release(entry.slot);
-        released++;
-      }
+    for (const entry of this.#keys.drain()) {
+      topic.release(entry.slot);
+      released++;
     }
-    this.#keys.clear();
-    this.#parked = 0;
     for (const [entry, task] of this.#sleeping) {
       task.cancel();
       topic.charge(-SLEEPING_ENTRY_BYTES);
@@ -607,15 +599,8 @@ class Group {
       const entry: Entry = { slot, attempts: 0, locked: false };
       const key = slot.msg.key;
       if (this.ordered && key !== undefined) {
-        const lock = this.#keys.get(key);
-        if (lock !== undefined) {
-          lock.waiting ??= new Deque<Entry>(4);
-          lock.waiting.push(entry);
-          this.#parked++;
-          continue;
-        }
+        if (!this.#keys.admit(key, entry)) continue;
         entry.locked = true;
-        this.#keys.set(key, { holder: entry, waiting: undefined });
       }
       return entry;
     }
@@ -627,16 +612,10 @@ class Group {
     if (!entry.locked) return;
     entry.locked = false;
     const key = entry.slot.msg.key as string;
-    const lock = this.#keys.get(key);
-    if (lock === undefined || lock.holder !== entry) return;
-    const next = lock.waiting?.shift();
-    if (next === undefined) {
-      this.#keys.delete(key);
-      return;
-    }
-    this.#parked--;
+    if (this.#keys.head(key) !== entry) return;
+    const next = this.#keys.advance(key);
+    if (next === undefined) return;
     next.locked = true;
-    lock.holder = next;
     this.#ready.push(next);
     this.notify();
   }
@@ -674,7 +653,7 @@ class Group {
     for (const sub of this.subs) inFlight += sub.inFlight;
     return {
       group: this.name,
-      backlog: this.#unread.length + this.#ready.length + this.#parked + this.#sleeping.size,
+      backlog: this.#unread.length + this.#ready.length + this.#keys.held + this.#sleeping.size,
       inFlight,
       subscriptions: this.subs.size,
     };

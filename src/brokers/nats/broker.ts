@@ -56,6 +56,7 @@ import {
   RetentionPolicy,
 } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { Backoff } from '../../core/backoff.js';
 import {
   ClosedError,
   InvalidArgumentError,
@@ -384,7 +385,8 @@ export class NatsBroker implements Broker {
     const body = toBytes(message.body);
     const headers = buildHeaders(message, msgID, Date.now());
     const deadline = Date.now() + PUBLISH_DEADLINE_MS;
-    let attempt = 0;
+    // Short waits: a publish is a caller waiting, and the stream is usually back within a second.
+    const backoff = new Backoff({ initialMs: 100, maxMs: 1000, jitter: 'equal' });
     for (;;) {
       let ack: PubAck;
       try {
@@ -399,11 +401,10 @@ export class NatsBroker implements Broker {
             cause: err,
           });
         }
-        attempt++;
-        const wait = Math.min(1000, 50 * 2 ** Math.min(attempt, 5));
+        const wait = backoff.next();
         if (!isTransient(err) || Date.now() + wait >= deadline) throw this.#publishError(topic, err);
         this.#log?.debug(
-          { err: text(err), topic, attempt },
+          { err: text(err), topic, attempt: backoff.failures },
           'nats publish failed; retrying with the same message id',
         );
         // "No responders" also means the stream vanished (a memory-storage server restarted).

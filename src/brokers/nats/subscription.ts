@@ -1,16 +1,16 @@
 import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
-import { MqError, NotFoundError, UnavailableError } from '../../core/errors.js';
-import { AsyncQueue, delay, Notifier } from '../../core/lifecycle.js';
+import { Backoff, BROKER_RETRY } from '../../core/backoff.js';
+import { NotFoundError, UnavailableError } from '../../core/errors.js';
+import { AsyncQueue, abortable, delay, Notifier } from '../../core/lifecycle.js';
 import type { Message } from '../../core/message.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
 import type { TagFilter } from '../../core/tags.js';
 import type { BrokerLog, Delivery, NackOptions, Subscription } from '../broker.js';
+import { KeyedHold } from '../delivery/keyed.js';
 import { toMessage } from './message.js';
 
 /** How long one pull request waits at the server before it is renewed. */
 const FETCH_EXPIRES_MS = 10_000;
-const RETRY_MIN_MS = 200;
-const RETRY_MAX_MS = 5_000;
 
 /** What a subscription needs from its broker; kept narrow so the pull loop is testable. */
 export interface NatsSubscriptionDeps {
@@ -88,14 +88,11 @@ export class NatsSubscription implements Subscription {
   readonly #unsettled = new Set<NatsDelivery>();
   /** Unsettled deliveries by stream sequence, to recognise the server's redeliveries. */
   readonly #bySeq = new Map<number, NatsDelivery>();
-  /** ordered: key → deliveries waiting for the key's current (unsettled) message. */
-  readonly #chains = new Map<string, NatsDelivery[]>();
   /**
-   * ordered: key → the stream sequence of its nacked or expired head, whose redelivery must come
-   * before the key's later messages. Bounded: if the redelivery goes to another member instead,
-   * the key is released when the deadline passes.
+   * ordered: each key's head and the deliveries waiting behind it; a nacked or expired head is
+   * awaited by its stream sequence, so its redelivery comes before the key's later messages.
    */
-  readonly #awaiting = new Map<string, { seq: number; task: ScheduledTask }>();
+  readonly #keys: KeyedHold<NatsDelivery>;
   readonly #wake = new Notifier();
   readonly #abort = new AbortController();
   readonly #scheduler: Scheduler;
@@ -114,6 +111,7 @@ export class NatsSubscription implements Subscription {
       onError: (err) =>
         deps.log?.error({ err, topic: deps.topic, group: deps.group }, 'nats subscription timer failed'),
     });
+    this.#keys = new KeyedHold(this.#scheduler);
     this.#loop = this.#run();
   }
 
@@ -135,7 +133,7 @@ export class NatsSubscription implements Subscription {
   }
 
   async #run(): Promise<void> {
-    let failures = 0;
+    const backoff = new Backoff(BROKER_RETRY);
     const signal = this.#abort.signal;
     // Pull only once a quarter of the window is free (or nothing is in flight): acks arrive one
     // by one, and a pull per ack is a request and an iterator per message.
@@ -147,26 +145,27 @@ export class NatsSubscription implements Subscription {
         continue;
       }
       try {
-        if (this.#consumer === undefined) this.#consumer = await abortable(this.#deps.recover(), signal);
+        if (this.#consumer === undefined)
+          this.#consumer = await abortable(this.#deps.recover(), signal, 'subscription');
         const batch = await abortable(
           this.#consumer.fetch({ max_messages: room, expires: FETCH_EXPIRES_MS }),
           signal,
+          'subscription',
         );
         this.#fetch = batch;
         if (this.#closing || !this.#deps.connection.connected) void batch.close();
         for await (const m of batch) this.#accept(m);
-        failures = 0;
+        backoff.reset();
       } catch (err) {
         if (this.#closing) break;
-        failures++;
         // The consumer or its stream may be gone (deleted, or a memory-storage server
         // restarted): look it up again before the next pull.
         this.#consumer = undefined;
         this.#deps.log?.warn(
-          { err: errorText(err), topic: this.topic, group: this.group, failures },
+          { err: errorText(err), topic: this.topic, group: this.group, failures: backoff.failures + 1 },
           'nats pull failed; retrying',
         );
-        const wait = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** Math.min(failures - 1, 5));
+        const wait = backoff.next();
         await delay(wait, signal).catch(() => {});
       } finally {
         this.#fetch = undefined;
@@ -206,27 +205,25 @@ export class NatsSubscription implements Subscription {
       previous.task = undefined;
       this.#inFlight--;
       this.#unsettled.delete(previous);
+      const key = message.key;
+      if (this.#deps.ordered && key !== undefined && this.#keys.head(key) === previous) {
+        this.#keys.replaceHead(key, d);
+      }
       this.#enqueue(d);
       return;
     }
     const key = message.key;
     if (this.#deps.ordered && key !== undefined) {
-      const awaited = this.#awaiting.get(key);
-      if (awaited !== undefined && awaited.seq === seq) {
-        // The retried head of its key is back: it goes first; the key's later messages still wait.
-        awaited.task.cancel();
-        this.#awaiting.delete(key);
+      // The retried head of its key is back: it goes first; the key's later messages still wait.
+      if (this.#keys.claim(key, seq, d)) {
         this.#enqueue(d);
         return;
       }
-      const waiting = this.#chains.get(key);
-      if (waiting !== undefined) {
+      if (!this.#keys.admit(key, d)) {
         d.state = 'held';
-        waiting.push(d);
         this.#keepAlive(d);
         return;
       }
-      this.#chains.set(key, []);
     }
     this.#enqueue(d);
   }
@@ -277,38 +274,18 @@ export class NatsSubscription implements Subscription {
     const seq = d.raw.info.streamSequence;
     if (this.#bySeq.get(seq) === d) this.#bySeq.delete(seq);
     const key = d.message.key;
-    if (
-      awaitRedeliveryMs !== undefined &&
-      this.#deps.ordered &&
-      key !== undefined &&
-      this.#chains.has(key) &&
-      !this.#closing
-    ) {
-      this.#awaiting.get(key)?.task.cancel();
-      const task = this.#scheduler.after(awaitRedeliveryMs + this.#deps.ackTimeoutMs, () => {
-        if (this.#awaiting.get(key)?.seq !== seq) return;
-        this.#awaiting.delete(key);
-        this.#releaseKey(key);
-      });
-      this.#awaiting.set(key, { seq, task });
-    } else {
-      this.#releaseNext(d);
+    if (this.#deps.ordered && key !== undefined && !this.#closing) {
+      // Bounded: if the redelivery goes to another member instead, the key moves on at the deadline.
+      if (awaitRedeliveryMs !== undefined && this.#keys.has(key)) {
+        this.#keys.awaitRedelivery(key, seq, awaitRedeliveryMs + this.#deps.ackTimeoutMs, (next) => {
+          if (!this.#closing) this.#enqueue(next);
+        });
+      } else {
+        const next = this.#keys.advance(key);
+        if (next !== undefined) this.#enqueue(next);
+      }
     }
     this.#wake.notifyAll();
-  }
-
-  #releaseNext(d: NatsDelivery): void {
-    const key = d.message.key;
-    if (!this.#deps.ordered || key === undefined) return;
-    this.#releaseKey(key);
-  }
-
-  #releaseKey(key: string): void {
-    const waiting = this.#chains.get(key);
-    if (waiting === undefined) return;
-    const next = waiting.shift();
-    if (next === undefined) this.#chains.delete(key);
-    else if (!this.#closing) this.#enqueue(next);
   }
 
   /** @internal called by NatsDelivery. */
@@ -379,7 +356,7 @@ export class NatsSubscription implements Subscription {
     }
     this.#unsettled.clear();
     this.#bySeq.clear();
-    this.#chains.clear();
+    this.#keys.drain();
     this.#queue.drain();
     this.#queue.end();
     this.#scheduler.close();
@@ -398,26 +375,4 @@ function safely(fn: () => void): void {
   } catch {
     // The connection is closed: the server redelivers after ack_wait.
   }
-}
-
-/** Rejects with ABORTED when `signal` fires; the underlying request finishes on its own. */
-function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) {
-    promise.catch(() => {});
-    return Promise.reject(new MqError('ABORTED', 'subscription closed'));
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(new MqError('ABORTED', 'subscription closed'));
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
 }

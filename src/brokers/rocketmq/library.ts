@@ -407,18 +407,3 @@ export class GuardedSimpleConsumer extends SimpleConsumer {
     this.#channel = undefined;
   }
 }
-
-/** Resolves with `promise`, or rejects after `ms` (the promise keeps running; callers clean up). */
-export async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new TimeoutError(`${what} did not finish within ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { MessageOptions, MessageView } from 'rocketmq-client-nodejs';
 import { ClosedError, InvalidArgumentError, MqError } from '../../core/errors.js';
-import { closeOnce } from '../../core/lifecycle.js';
+import { closeOnce, withTimeout } from '../../core/lifecycle.js';
 import { type OutgoingMessage, toBytes } from '../../core/message.js';
 import type { BrokerLog, Credentials, PreparedTransaction, Producer, SendResult } from '../broker.js';
 import {
@@ -12,7 +12,6 @@ import {
   TransactionResolution,
   topicHint,
   toRocketMqError,
-  withTimeout,
 } from './library.js';
 import type { TopicRoute } from './route.js';
 import type { RocketMqUrl } from './url.js';

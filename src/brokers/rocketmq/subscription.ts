@@ -19,19 +19,20 @@
  * proxy outage) keeps its place, with the new receipt handle.
  */
 import { FilterExpression, type MessageView } from 'rocketmq-client-nodejs';
+import { Backoff, BROKER_RETRY } from '../../core/backoff.js';
 import { NotFoundError } from '../../core/errors.js';
-import { AsyncQueue, closeAll, closeOnce, delay, Notifier } from '../../core/lifecycle.js';
+import { AsyncQueue, closeAll, closeOnce, delay, Notifier, withTimeout } from '../../core/lifecycle.js';
 import type { Message } from '../../core/message.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
 import { parseTagExpression } from '../../core/tags.js';
 import type { BrokerLog, Credentials, Delivery, NackOptions, Subscription } from '../broker.js';
+import { KeyedHold } from '../delivery/keyed.js';
 import {
   type ErrorContext,
   GuardedSimpleConsumer,
   LibraryGuard,
   libraryLogger,
   toRocketMqError,
-  withTimeout,
 } from './library.js';
 import { SHARDING_KEY_PROPERTY } from './producer.js';
 import type { RocketMqUrl } from './url.js';
@@ -174,7 +175,7 @@ export class RocketMqSubscription implements Subscription {
   /** Every received, unsettled message by id; its size bounds what is received. */
   readonly #entries = new Map<string, Entry>();
   /** ordered: FIFO group → its head (queued, out, waiting or awaiting) and the messages held behind it. */
-  readonly #chains = new Map<string, { head: Entry; held: Entry[] }>();
+  readonly #keys: KeyedHold<Entry>;
   readonly #settles = new Set<Promise<unknown>>();
   readonly #room = new Notifier();
   readonly #abort = new AbortController();
@@ -188,6 +189,7 @@ export class RocketMqSubscription implements Subscription {
 
   private constructor(options: RocketMqSubscriptionOptions) {
     this.#options = options;
+    this.#keys = new KeyedHold(this.#scheduler);
     this.topic = options.topic;
     this.group = options.group;
     this.#filter = new FilterExpression(parseTagExpression(options.filter).expression);
@@ -250,7 +252,7 @@ export class RocketMqSubscription implements Subscription {
   async #run(): Promise<void> {
     const { maxInFlight, log } = this.#options;
     const signal = this.#abort.signal;
-    let backoff = 0;
+    const backoff = new Backoff(BROKER_RETRY);
     while (!this.#closed) {
       const room = maxInFlight - this.#entries.size;
       if (room <= 0) {
@@ -267,7 +269,7 @@ export class RocketMqSubscription implements Subscription {
           LONG_POLL_MS,
           signal,
         );
-        backoff = 0;
+        backoff.reset();
         this.#received = true;
       } catch (err) {
         if (this.#closed) break;
@@ -289,12 +291,12 @@ export class RocketMqSubscription implements Subscription {
           this.#queue.end(mapped);
           return;
         }
-        backoff = Math.min(5_000, Math.max(200, backoff * 2));
+        const wait = backoff.next();
         log?.warn(
-          { topic: this.topic, group: this.group, err: mapped.message, retryInMs: backoff },
+          { topic: this.topic, group: this.group, err: mapped.message, retryInMs: Math.round(wait) },
           'rocketmq: receive failed',
         );
-        await delay(backoff, signal).catch(() => {});
+        await delay(wait, signal).catch(() => {});
         continue;
       }
       for (const view of views) this.#accept(view);
@@ -328,15 +330,10 @@ export class RocketMqSubscription implements Subscription {
     }
     const entry = new Entry(view, this.#options.ordered);
     this.#entries.set(entry.id, entry);
-    if (entry.key !== undefined) {
-      const chain = this.#chains.get(entry.key);
-      if (chain !== undefined) {
-        entry.state = 'held';
-        chain.held.push(entry);
-        this.#keepAlive(entry);
-        return;
-      }
-      this.#chains.set(entry.key, { head: entry, held: [] });
+    if (entry.key !== undefined && !this.#keys.admit(entry.key, entry)) {
+      entry.state = 'held';
+      this.#keepAlive(entry);
+      return;
     }
     this.#enqueue(entry);
   }
@@ -354,7 +351,7 @@ export class RocketMqSubscription implements Subscription {
     const due = dueMs ?? Math.max(0, entry.since + invisibleMs / 2 - Date.now());
     entry.task = this.#scheduler.after(due, () => {
       if (entry.state !== 'queued' && entry.state !== 'held' && entry.state !== 'waiting') return;
-      const head = entry.key === undefined ? undefined : this.#chains.get(entry.key)?.head;
+      const head = entry.key === undefined ? undefined : this.#keys.head(entry.key);
       if (entry.state === 'held' && head?.state === 'awaiting') {
         // Its group's head awaits the broker's redelivery, which a FIFO queue gives only once
         // every unacked message of the batch is visible again: let this one lapse too, and
@@ -470,14 +467,8 @@ export class RocketMqSubscription implements Subscription {
     const redelivered = entry.redelivered;
     entry.redelivered = undefined;
     if (entry.key !== undefined && !this.#closed) {
-      const chain = this.#chains.get(entry.key);
-      const next = chain?.held.shift();
-      if (chain !== undefined && next !== undefined) {
-        chain.head = next;
-        this.#enqueue(next);
-      } else {
-        this.#chains.delete(entry.key);
-      }
+      const next = this.#keys.advance(entry.key);
+      if (next !== undefined) this.#enqueue(next);
     }
     this.#room.notifyAll();
     // A redelivery that came in while an ack failed is a delivery of its own.
@@ -620,7 +611,7 @@ export class RocketMqSubscription implements Subscription {
     }
     for (const view of this.#orphans) releases.push({ view, invisibleMs: RELEASE_INVISIBLE_MS });
     this.#entries.clear();
-    this.#chains.clear();
+    this.#keys.drain();
     this.#out = 0;
     this.#orphans = [];
     if (releases.length === 0) return;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Deque } from '../../../src/brokers/memory/deque.js';
+import { Deque } from '../../../src/core/deque.js';
 
 test('deque keeps FIFO order across growth, wrap-around and shrinking', () => {
   const q = new Deque<number>(4);

@@ -24,6 +24,21 @@ export interface BrokerCapabilities {
   readonly startPosition: boolean;
 }
 
+/**
+ * The ranges a broker accepts for subscribe options, declared beside its capabilities so a
+ * caller can discover them (the gateway's `ackTimeout` must fit every broker it routes to).
+ * A value outside them is refused with INVALID_ARGUMENT naming the option, the range and the
+ * broker, never clamped.
+ */
+export interface BrokerLimits {
+  /** Shortest ack timeout the broker can keep (its redelivery clock's resolution or minimum). */
+  readonly minAckTimeoutMs: number;
+  /** Longest ack timeout the broker can keep. */
+  readonly maxAckTimeoutMs: number;
+  /** Most unsettled deliveries one subscription may hold. */
+  readonly maxInFlight: number;
+}
+
 /** Credentials a remote caller presented; adapters that authenticate per caller use them. */
 export interface Credentials {
   readonly accessKeyId: string;
@@ -159,6 +174,7 @@ export interface Broker {
   /** The URL this broker was opened with, credentials removed. */
   readonly url: string;
   readonly capabilities: BrokerCapabilities;
+  readonly limits: BrokerLimits;
   producer(topic: string, options?: ProducerOptions): Promise<Producer>;
   subscribe(options: SubscribeOptions): Promise<Subscription>;
   health(): Promise<HealthStatus>;
@@ -185,3 +201,8 @@ export interface BrokerLog {
 
 export const DEFAULT_MAX_IN_FLIGHT = 64;
 export const DEFAULT_ACK_TIMEOUT_MS = 30_000;
+/**
+ * Longest timer Node keeps: a setTimeout above 2^31 - 1 ms fires after 1 ms instead, which would
+ * turn a long ack timeout into an immediate redelivery.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;

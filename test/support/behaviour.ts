@@ -617,6 +617,50 @@ export function runBrokerBehaviourSuite(
       });
     });
 
+    test('subscribe options outside the declared limits are INVALID_ARGUMENT naming option, range and broker', async () => {
+      await scoped(async () => {
+        const topic = await makeTopic('normal');
+        const { limits } = broker;
+        assert.ok(limits.minAckTimeoutMs >= 1 && limits.minAckTimeoutMs <= limits.maxAckTimeoutMs);
+        assert.ok(limits.maxInFlight >= 1);
+        const refused: Array<[string, Partial<SubscribeOptions>, RegExp]> = [
+          ['ackTimeoutMs below the minimum', { ackTimeoutMs: limits.minAckTimeoutMs / 2 }, /ackTimeoutMs/],
+          ['ackTimeoutMs above the maximum', { ackTimeoutMs: limits.maxAckTimeoutMs + 1 }, /ackTimeoutMs/],
+          ['ackTimeoutMs NaN', { ackTimeoutMs: Number.NaN }, /ackTimeoutMs/],
+          ['maxInFlight 0', { maxInFlight: 0 }, /maxInFlight/],
+          ['maxInFlight fractional', { maxInFlight: 1.5 }, /maxInFlight/],
+        ];
+        if (limits.maxInFlight < Number.MAX_SAFE_INTEGER) {
+          refused.push([
+            'maxInFlight above the limit',
+            { maxInFlight: limits.maxInFlight + 1 },
+            /maxInFlight/,
+          ]);
+        }
+        for (const [what, extra, option] of refused) {
+          const err = await expectCode(
+            () => broker.subscribe({ topic, group: `limits-${randomUUID()}`, ...extra }),
+            'INVALID_ARGUMENT',
+            what,
+          );
+          assert.match(err.message, option, `${what}: the error names the option: ${err.message}`);
+          assert.match(
+            err.message.toLowerCase(),
+            new RegExp(broker.kind.toLowerCase()),
+            `${what}: the error names the broker: ${err.message}`,
+          );
+        }
+        // The limits themselves are accepted.
+        const edge = await broker.subscribe({
+          topic,
+          group: `limits-${randomUUID()}`,
+          ackTimeoutMs: limits.minAckTimeoutMs,
+          maxInFlight: Math.min(limits.maxInFlight, 1_000),
+        });
+        await edge.close();
+      });
+    });
+
     test('closing a subscription redelivers its unacked messages to the next subscriber', async () => {
       await scoped(async () => {
         const topic = await makeTopic('normal');

@@ -8,22 +8,25 @@ import {
 } from '../../core/errors.js';
 import { closeAll, closeOnce, delay } from '../../core/lifecycle.js';
 import type { OutgoingMessage } from '../../core/message.js';
-import type {
-  Broker,
-  BrokerCapabilities,
-  BrokerCounters,
-  BrokerOpenOptions,
-  HealthStatus,
-  PreparedTransaction,
-  Producer,
-  ProducerOptions,
-  SendResult,
-  SubscribeOptions,
-  Subscription,
+import {
+  type Broker,
+  type BrokerCapabilities,
+  type BrokerCounters,
+  type BrokerLimits,
+  type BrokerOpenOptions,
+  type HealthStatus,
+  MAX_TIMER_MS,
+  type PreparedTransaction,
+  type Producer,
+  type ProducerOptions,
+  type SendResult,
+  type SubscribeOptions,
+  type Subscription,
 } from '../broker.js';
 import { HOLDING_GROUP, Holding, type HoldingBackend, type HoldingTier } from '../holding/holding.js';
 import { releasedMessage } from '../holding/record.js';
 import { DEFAULT_IMMUNITY_MS, heldTransaction } from '../holding/transaction.js';
+import { normaliseSubscribe } from '../subscribe-options.js';
 import { type KafkaConfig, parseKafkaUrl } from './config.js';
 import { kafkaErrorHas, toKafkaMqError } from './errors.js';
 import { KafkaSender, KafkaTopicProducer, type TopicInfo } from './producer.js';
@@ -40,6 +43,13 @@ const CAPABILITIES: BrokerCapabilities = Object.freeze({
   tagFilter: true,
   durable: true,
   startPosition: true,
+});
+
+const LIMITS: BrokerLimits = Object.freeze({
+  minAckTimeoutMs: 1,
+  maxAckTimeoutMs: MAX_TIMER_MS,
+  // Offsets of unsettled deliveries are kept per partition; the group's commits wait for them.
+  maxInFlight: Number.MAX_SAFE_INTEGER,
 });
 
 const TOPIC_NAME = /^[A-Za-z0-9._-]{1,249}$/;
@@ -63,6 +73,7 @@ class KafkaBroker implements Broker, TopicInfo {
   readonly kind = 'kafka';
   readonly url: string;
   readonly capabilities = CAPABILITIES;
+  readonly limits = LIMITS;
   readonly #config: KafkaConfig;
   readonly #options: BrokerOpenOptions;
   readonly #admin: Admin;
@@ -314,10 +325,18 @@ class KafkaBroker implements Broker, TopicInfo {
 
   async #subscribe(options: SubscribeOptions, fetchMaxWaitMs: number | undefined): Promise<Subscription> {
     this.#checkOpen();
-    KafkaSubscription.validate(options);
-    await this.partitions(options.topic);
+    const settings = normaliseSubscribe(
+      {
+        kind: 'kafka',
+        capabilities: CAPABILITIES,
+        limits: LIMITS,
+        defaultAckTimeoutMs: this.#options.ackTimeoutMs,
+      },
+      options,
+    );
+    await this.partitions(settings.topic);
     this.#checkOpen();
-    const sub = new KafkaSubscription(options, {
+    const sub = new KafkaSubscription(settings, {
       config: this.#config,
       log: this.#options.log,
       defaultAckTimeoutMs: this.#options.ackTimeoutMs,

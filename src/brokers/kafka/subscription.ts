@@ -4,17 +4,12 @@ import { InvalidArgumentError, NotFoundError, toMqError } from '../../core/error
 import { closeAll, closeOnce, delay, Notifier } from '../../core/lifecycle.js';
 import type { Message } from '../../core/message.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
-import { parseTagExpression, type TagFilter } from '../../core/tags.js';
-import {
-  type BrokerLog,
-  DEFAULT_ACK_TIMEOUT_MS,
-  DEFAULT_MAX_IN_FLIGHT,
-  type Delivery,
-  type NackOptions,
-  type SubscribeOptions,
-  type Subscription,
-} from '../broker.js';
-import { checkStart, type StartPosition } from '../start.js';
+import type { TagFilter } from '../../core/tags.js';
+import type { BrokerLog, Delivery, NackOptions, Subscription } from '../broker.js';
+import { deliveryIterator } from '../delivery/iterator.js';
+import { type PullFailure, runPullLoop } from '../delivery/pull-loop.js';
+import type { StartPosition } from '../start.js';
+import type { SubscribeSettings } from '../subscribe-options.js';
 import { decodeRecord, type RawRecord, recordTag } from './codec.js';
 import type { KafkaConfig } from './config.js';
 import { kafkaErrorHas, toKafkaMqError } from './errors.js';
@@ -180,33 +175,15 @@ export class KafkaSubscription implements Subscription {
   #committing: Promise<void> | undefined;
   readonly #dirty = new Set<PartitionState>();
 
-  static validate(options: SubscribeOptions): void {
-    if (typeof options.topic !== 'string' || options.topic === '') {
-      throw new InvalidArgumentError('subscribe needs a topic');
-    }
-    if (typeof options.group !== 'string' || options.group === '') {
-      throw new InvalidArgumentError('subscribe needs a consumer group');
-    }
-    const max = options.maxInFlight;
-    if (max !== undefined && (!Number.isInteger(max) || max < 1)) {
-      throw new InvalidArgumentError(`maxInFlight=${max} is invalid; it accepts an integer >= 1`);
-    }
-    const t = options.ackTimeoutMs;
-    if (t !== undefined && (!Number.isFinite(t) || t <= 0)) {
-      throw new InvalidArgumentError(`ackTimeoutMs=${t} is invalid; it accepts a number of milliseconds > 0`);
-    }
-    checkStart(options.start);
-  }
-
-  constructor(options: SubscribeOptions, deps: KafkaSubscriptionDeps) {
+  constructor(options: SubscribeSettings, deps: KafkaSubscriptionDeps) {
     this.topic = options.topic;
     this.group = options.group;
     this.#deps = deps;
-    this.#filter = parseTagExpression(options.filter);
-    this.#maxInFlight = options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
-    this.#ackTimeoutMs = options.ackTimeoutMs ?? deps.defaultAckTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
-    this.#ordered = options.ordered ?? false;
-    this.#start = checkStart(options.start);
+    this.#filter = options.filter;
+    this.#maxInFlight = options.maxInFlight;
+    this.#ackTimeoutMs = options.ackTimeoutMs;
+    this.#ordered = options.ordered;
+    this.#start = options.start;
     this.#consumer = new Consumer({
       clientId: `${deps.config.clientId}-consumer`,
       bootstrapBrokers: deps.config.brokers,
@@ -248,15 +225,7 @@ export class KafkaSubscription implements Subscription {
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Delivery, undefined> {
-    return {
-      next: () => this.#next(),
-      // Leaving a for-await loop closes the subscription, as on every broker: that loop was its
-      // only reader, and its unsettled deliveries go back for redelivery.
-      return: async () => {
-        await this.close();
-        return { value: undefined, done: true };
-      },
-    };
+    return deliveryIterator(() => this.#next(), this.close);
   }
 
   async #next(): Promise<IteratorResult<Delivery, undefined>> {
@@ -576,32 +545,25 @@ export class KafkaSubscription implements Subscription {
   }
 
   async #runFetchLoop(): Promise<void> {
-    const backoff = new Backoff(FETCH_RETRY);
-    while (!this.#closed) {
-      const ready = this.#fetchable();
-      if (ready.length === 0) {
-        try {
-          await this.#notifier.wait(this.#abort.signal);
-        } catch {
-          return;
-        }
-        continue;
-      }
-      try {
-        await this.#fetchOnce(ready);
-        backoff.reset();
-      } catch (err) {
-        if (this.#closed) return;
-        this.#warn('fetching from Kafka failed; retrying', err);
+    await runPullLoop<PartitionState[]>({
+      signal: this.#abort.signal,
+      wake: this.#notifier,
+      backoff: FETCH_RETRY,
+      log: this.#deps.log,
+      context: { topic: this.topic, group: this.group },
+      what: 'fetching from Kafka',
+      ready: () => {
+        const ready = this.#fetchable();
+        return ready.length > 0 ? ready : undefined;
+      },
+      // A fetch on the wire is not cancelled: it ends within its long-poll (close waits for it).
+      pull: (ready) => this.#fetchOnce(ready),
+      failed: async (err, ready): Promise<PullFailure> => {
         if (kafkaErrorHas(err, 'apiId', 'OFFSET_OUT_OF_RANGE')) await this.#resetOutOfRange(ready);
         this.#consumer.clearMetadata();
-        try {
-          await delay(backoff.next(), this.#abort.signal);
-        } catch {
-          return;
-        }
-      }
-    }
+        return 'retry';
+      },
+    });
   }
 
   async #fetchOnce(ready: PartitionState[]): Promise<void> {

@@ -10,17 +10,18 @@ import {
 import { closeAll, closeOnce } from '../../core/lifecycle.js';
 import { type Message, type OutgoingMessage, toBytes } from '../../core/message.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
-import { parseTagExpression, type TagFilter } from '../../core/tags.js';
+import type { TagFilter } from '../../core/tags.js';
 import {
   type Broker,
   type BrokerCapabilities,
   type BrokerCounters,
+  type BrokerLimits,
   type BrokerLog,
   type BrokerOpenOptions,
   DEFAULT_ACK_TIMEOUT_MS,
-  DEFAULT_MAX_IN_FLIGHT,
   type Delivery,
   type HealthStatus,
+  MAX_TIMER_MS,
   type NackOptions,
   type PreparedTransaction,
   type Producer,
@@ -29,8 +30,9 @@ import {
   type SubscribeOptions,
   type Subscription,
 } from '../broker.js';
+import { deliveryIterator } from '../delivery/iterator.js';
 import { KeyedHold } from '../delivery/keyed.js';
-import { checkStart } from '../start.js';
+import { normaliseSubscribe } from '../subscribe-options.js';
 import {
   DEFAULT_GROUP_RETENTION_MS,
   DEFAULT_MAX_ATTEMPTS,
@@ -728,19 +730,9 @@ class MemorySubscription implements Subscription {
     for (const w of waiters) w();
   }
 
-  /**
-   * Iterating twice gives two cursors over the same deliveries. Leaving a `for await` early
-   * (break, throw) closes the subscription, like a nats.js subscription or a Node stream: the
-   * loop was its only reader, and its unsettled deliveries go back for redelivery.
-   */
+  /** Iterating twice gives two cursors over the same deliveries. */
   [Symbol.asyncIterator](): AsyncIterator<Delivery, undefined> {
-    return {
-      next: () => this.#next(),
-      return: async () => {
-        await this.close();
-        return { value: undefined, done: true };
-      },
-    };
+    return deliveryIterator(() => this.#next(), this.close);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -1206,6 +1198,14 @@ const CAPABILITIES: BrokerCapabilities = Object.freeze({
   startPosition: true,
 });
 
+const LIMITS: BrokerLimits = Object.freeze({
+  // The scheduler keeps whole milliseconds; a delivery is held at most one Node timer's range.
+  minAckTimeoutMs: 1,
+  maxAckTimeoutMs: MAX_TIMER_MS,
+  // Deliveries cost memory only once handed out, and the broker's byte limits bound the rest.
+  maxInFlight: Number.MAX_SAFE_INTEGER,
+});
+
 /**
  * The embedded broker, usable directly in-process (`new MemoryBroker()`) or through
  * `openBroker('memory://')`. Each instance is independent: nothing is shared between brokers.
@@ -1214,6 +1214,7 @@ export class MemoryBroker implements Broker {
   readonly kind = 'memory';
   readonly url: string;
   readonly capabilities = CAPABILITIES;
+  readonly limits = LIMITS;
   readonly #engine: Engine;
   readonly #defaultAckTimeoutMs: number;
   readonly close: () => Promise<void>;
@@ -1279,10 +1280,15 @@ export class MemoryBroker implements Broker {
     }
     const topicName = checkName(options.topic, 'topic');
     const groupName = checkName(options.group, 'consumer group');
-    const filter = parseTagExpression(options.filter);
-    const maxInFlight = positiveInteger(options.maxInFlight, 'maxInFlight', DEFAULT_MAX_IN_FLIGHT);
-    const ackTimeoutMs = positiveInteger(options.ackTimeoutMs, 'ackTimeoutMs', this.#defaultAckTimeoutMs);
-    const start = checkStart(options.start);
+    const { filter, maxInFlight, ackTimeoutMs, start, ordered } = normaliseSubscribe(
+      {
+        kind: 'memory',
+        capabilities: CAPABILITIES,
+        limits: LIMITS,
+        defaultAckTimeoutMs: this.#defaultAckTimeoutMs,
+      },
+      options,
+    );
     const topic = engine.topic(topicName);
     let group = topic.groups.get(groupName);
     if (group === undefined) {
@@ -1301,7 +1307,7 @@ export class MemoryBroker implements Broker {
       }
       group.filter = filter;
     }
-    if (options.ordered === true) group.ordered = true;
+    if (ordered) group.ordered = true;
     group.active();
     const sub = new MemorySubscription(engine, group, { maxInFlight, ackTimeoutMs });
     group.subs.add(sub);

@@ -67,16 +67,17 @@ import {
 } from '../../core/errors.js';
 import { closeAll, delay } from '../../core/lifecycle.js';
 import { type OutgoingMessage, toBytes } from '../../core/message.js';
-import { parseTagExpression, type TagFilter } from '../../core/tags.js';
+import type { TagFilter } from '../../core/tags.js';
 import {
   type Broker,
   type BrokerCapabilities,
   type BrokerCounters,
+  type BrokerLimits,
   type BrokerLog,
   type BrokerOpenOptions,
   DEFAULT_ACK_TIMEOUT_MS,
-  DEFAULT_MAX_IN_FLIGHT,
   type HealthStatus,
+  MAX_TIMER_MS,
   type PreparedTransaction,
   type PrepareOptions,
   type Producer,
@@ -87,7 +88,7 @@ import {
 import { HOLDING_GROUP, Holding, type HoldingBackend, type HoldingTier } from '../holding/holding.js';
 import { releasedMessage } from '../holding/record.js';
 import { DEFAULT_IMMUNITY_MS, heldTransaction } from '../holding/transaction.js';
-import { checkStart } from '../start.js';
+import { normaliseSubscribe } from '../subscribe-options.js';
 import { type NatsConfig, parseNatsUrl } from './config.js';
 import { buildHeaders, dedupId } from './message.js';
 import {
@@ -110,7 +111,15 @@ const API_TIMEOUT_MS = 5_000;
  */
 const PUBLISH_DEADLINE_MS = 30_000;
 const HEALTH_TIMEOUT_MS = 2_000;
-const MAX_IN_FLIGHT_LIMIT = 10_000;
+const LIMITS: BrokerLimits = Object.freeze({
+  // A message waiting in the subscription is kept from redelivery by an "in progress" sent at
+  // half the ack timeout but at most every 50 ms (subscription.ts, #keepAlive): below 100 ms the
+  // server would redeliver messages the subscription still holds.
+  minAckTimeoutMs: 100,
+  maxAckTimeoutMs: MAX_TIMER_MS,
+  // max_ack_pending of the group's consumer: a window the server tracks per message.
+  maxInFlight: 10_000,
+});
 const CODE_STREAM_NOT_FOUND = 10059;
 const CODE_CONSUMER_NOT_FOUND = 10014;
 /** The internal topic of held (delayed, prepared) messages; "__" names are refused to clients. */
@@ -188,6 +197,7 @@ export class NatsBroker implements Broker {
   readonly kind = 'nats';
   readonly url: string;
   readonly capabilities: BrokerCapabilities;
+  readonly limits = LIMITS;
   readonly #config: NatsConfig;
   readonly #nc: NatsConnection;
   readonly #js: JetStreamClient;
@@ -509,21 +519,17 @@ export class NatsBroker implements Broker {
 
   async subscribe(options: SubscribeOptions): Promise<Subscription> {
     this.#assertOpen();
-    const { topic, group } = options;
-    validateTopic(topic);
-    validateGroup(group);
-    const filter = parseTagExpression(options.filter);
-    const maxInFlight = options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
-    if (!Number.isInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > MAX_IN_FLIGHT_LIMIT) {
-      throw new InvalidArgumentError(
-        `maxInFlight must be a whole number from 1 to ${MAX_IN_FLIGHT_LIMIT}, got ${maxInFlight}`,
-      );
-    }
-    const ackTimeoutMs = options.ackTimeoutMs ?? this.#ackTimeoutMs;
-    if (!Number.isFinite(ackTimeoutMs) || ackTimeoutMs < 100) {
-      throw new InvalidArgumentError(`ackTimeoutMs must be at least 100, got ${ackTimeoutMs}`);
-    }
-    const start = checkStart(options.start);
+    validateTopic(options.topic);
+    validateGroup(options.group);
+    const { topic, group, filter, maxInFlight, ackTimeoutMs, start, ordered } = normaliseSubscribe(
+      {
+        kind: BROKER,
+        capabilities: this.capabilities,
+        limits: LIMITS,
+        defaultAckTimeoutMs: this.#ackTimeoutMs,
+      },
+      options,
+    );
 
     const stream = await this.#ensureStream(topic);
     const durable = consumerName(group);
@@ -599,7 +605,7 @@ export class NatsBroker implements Broker {
       prefix,
       maxInFlight,
       ackTimeoutMs,
-      ordered: options.ordered === true,
+      ordered,
       localFilter,
       consumer,
       recover: async () => {

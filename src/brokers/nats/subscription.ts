@@ -1,12 +1,14 @@
 import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
-import { Backoff, BROKER_RETRY } from '../../core/backoff.js';
+import { BROKER_RETRY } from '../../core/backoff.js';
 import { NotFoundError, UnavailableError } from '../../core/errors.js';
-import { AsyncQueue, abortable, delay, Notifier } from '../../core/lifecycle.js';
+import { AsyncQueue, abortable, Notifier } from '../../core/lifecycle.js';
 import type { Message } from '../../core/message.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
 import type { TagFilter } from '../../core/tags.js';
 import type { BrokerLog, Delivery, NackOptions, Subscription } from '../broker.js';
+import { deliveryIterator } from '../delivery/iterator.js';
 import { KeyedHold } from '../delivery/keyed.js';
+import { runPullLoop } from '../delivery/pull-loop.js';
 import { toMessage } from './message.js';
 
 /** How long one pull request waits at the server before it is renewed. */
@@ -133,44 +135,47 @@ export class NatsSubscription implements Subscription {
   }
 
   async #run(): Promise<void> {
-    const backoff = new Backoff(BROKER_RETRY);
-    const signal = this.#abort.signal;
     // Pull only once a quarter of the window is free (or nothing is in flight): acks arrive one
     // by one, and a pull per ack is a request and an iterator per message.
     const lowWater = Math.max(1, Math.floor(this.#deps.maxInFlight / 4));
-    while (!this.#closing) {
-      const room = this.#deps.maxInFlight - this.#unsettled.size;
-      if (!this.#deps.connection.connected || room <= 0 || (room < lowWater && this.#unsettled.size > 0)) {
-        await this.#wake.wait(signal).catch(() => {});
-        continue;
-      }
-      try {
-        if (this.#consumer === undefined)
-          this.#consumer = await abortable(this.#deps.recover(), signal, 'subscription');
-        const batch = await abortable(
-          this.#consumer.fetch({ max_messages: room, expires: FETCH_EXPIRES_MS }),
-          signal,
-          'subscription',
-        );
-        this.#fetch = batch;
-        if (this.#closing || !this.#deps.connection.connected) void batch.close();
-        for await (const m of batch) this.#accept(m);
-        backoff.reset();
-      } catch (err) {
-        if (this.#closing) break;
+    await runPullLoop<number>({
+      signal: this.#abort.signal,
+      wake: this.#wake,
+      backoff: BROKER_RETRY,
+      log: this.#deps.log,
+      context: { topic: this.topic, group: this.group },
+      what: 'nats pull',
+      ready: () => {
+        const room = this.#deps.maxInFlight - this.#unsettled.size;
+        if (!this.#deps.connection.connected || room <= 0 || (room < lowWater && this.#unsettled.size > 0)) {
+          return undefined;
+        }
+        return room;
+      },
+      pull: async (room, signal) => {
+        try {
+          if (this.#consumer === undefined) {
+            this.#consumer = await abortable(this.#deps.recover(), signal, 'subscription');
+          }
+          const batch = await abortable(
+            this.#consumer.fetch({ max_messages: room, expires: FETCH_EXPIRES_MS }),
+            signal,
+            'subscription',
+          );
+          this.#fetch = batch;
+          if (this.#closing || !this.#deps.connection.connected) void batch.close();
+          for await (const m of batch) this.#accept(m);
+        } finally {
+          this.#fetch = undefined;
+        }
+      },
+      failed: () => {
         // The consumer or its stream may be gone (deleted, or a memory-storage server
         // restarted): look it up again before the next pull.
         this.#consumer = undefined;
-        this.#deps.log?.warn(
-          { err: errorText(err), topic: this.topic, group: this.group, failures: backoff.failures + 1 },
-          'nats pull failed; retrying',
-        );
-        const wait = backoff.next();
-        await delay(wait, signal).catch(() => {});
-      } finally {
-        this.#fetch = undefined;
-      }
-    }
+        return 'retry';
+      },
+    });
   }
 
   #accept(m: JsMsg): void {
@@ -314,22 +319,16 @@ export class NatsSubscription implements Subscription {
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Delivery, undefined> {
-    return {
-      next: async () => {
-        for (;;) {
-          const r = await this.#queue.next();
-          if (r.done) return r;
-          // Released by close() between push and pop: skip it.
-          if (r.value.state !== 'queued') continue;
-          this.#handOut(r.value);
-          return r;
-        }
-      },
-      return: async () => {
-        await this.close();
-        return { value: undefined, done: true };
-      },
-    };
+    return deliveryIterator(async () => {
+      for (;;) {
+        const r = await this.#queue.next();
+        if (r.done) return r;
+        // Released by close() between push and pop: skip it.
+        if (r.value.state !== 'queued') continue;
+        this.#handOut(r.value);
+        return r;
+      }
+    }, this.close.bind(this));
   }
 
   close(): Promise<void> {

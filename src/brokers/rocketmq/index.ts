@@ -1,20 +1,19 @@
 import { ClientException } from 'rocketmq-client-nodejs';
-import { ClosedError, InvalidArgumentError, UnsupportedError } from '../../core/errors.js';
+import { ClosedError, InvalidArgumentError } from '../../core/errors.js';
 import { closeAll, closeOnce } from '../../core/lifecycle.js';
-import {
-  type Broker,
-  type BrokerCapabilities,
-  type BrokerOpenOptions,
-  type Credentials,
-  DEFAULT_ACK_TIMEOUT_MS,
-  DEFAULT_MAX_IN_FLIGHT,
-  type HealthStatus,
-  type Producer,
-  type ProducerOptions,
-  type SubscribeOptions,
-  type Subscription,
+import type {
+  Broker,
+  BrokerCapabilities,
+  BrokerLimits,
+  BrokerOpenOptions,
+  Credentials,
+  HealthStatus,
+  Producer,
+  ProducerOptions,
+  SubscribeOptions,
+  Subscription,
 } from '../broker.js';
-import { checkStart } from '../start.js';
+import { normaliseSubscribe } from '../subscribe-options.js';
 import { Code, toRocketMqError } from './library.js';
 import { ProducerEntry, RocketMqProducer, TransactionLedger } from './producer.js';
 import { RouteClient, RouteStatusError, type TopicRoute } from './route.js';
@@ -33,6 +32,13 @@ const CAPABILITIES: BrokerCapabilities = {
   startPosition: false,
 };
 
+const LIMITS: BrokerLimits = Object.freeze({
+  // The ack timeout is the message's invisible duration: the proxy's range for it, 1 s to 12 h.
+  minAckTimeoutMs: 1_000,
+  maxAckTimeoutMs: 12 * 3_600_000,
+  maxInFlight: Number.MAX_SAFE_INTEGER,
+});
+
 /** Topic probed by health(): "not found" is a complete answer from proxy and name server. */
 const HEALTH_TOPIC = 'mqgate-health-probe';
 
@@ -48,6 +54,7 @@ class RocketMqBroker implements Broker {
   readonly kind = 'rocketmq';
   readonly url: string;
   readonly capabilities = CAPABILITIES;
+  readonly limits = LIMITS;
   readonly #config: RocketMqUrl;
   readonly #options: BrokerOpenOptions;
   readonly #routes: RouteClient;
@@ -162,27 +169,21 @@ class RocketMqBroker implements Broker {
     this.#check();
     validName('topic', options.topic);
     validName('group', options.group);
-    const maxInFlight = options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
-    if (!Number.isInteger(maxInFlight) || maxInFlight < 1) {
-      throw new InvalidArgumentError(`maxInFlight must be a positive integer, got ${maxInFlight}`);
-    }
-    const ackTimeoutMs = options.ackTimeoutMs ?? this.#options.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
-    if (!Number.isFinite(ackTimeoutMs) || ackTimeoutMs < 1_000 || ackTimeoutMs > 12 * 3_600_000) {
-      throw new InvalidArgumentError(
-        `ackTimeoutMs must be from 1000 ms to 12 h for RocketMQ (its invisible duration), got ${ackTimeoutMs}`,
-      );
-    }
-    if (options.start !== undefined) {
-      checkStart(options.start);
-      // Where a new group starts is the group's own setting on the broker: the proxy takes no
-      // start position from a client, so accepting one here would be a promise nobody keeps.
-      throw new UnsupportedError(
-        'RocketMQ takes no start position from a client: a new consumer group starts where its broker-side ' +
-          'setting says (the oldest message with consumeFromMinEnable, set by `mqadmin updateSubGroup -g <group> ' +
-          '-m true`; else the newest). Leave start unset, or move an existing group with ' +
-          '`mqadmin resetOffsetByTime -g <group> -t <topic> -s <epoch ms>`',
-      );
-    }
+    // Where a new group starts is the group's own setting on the broker: the proxy takes no
+    // start position from a client, so accepting one here would be a promise nobody keeps.
+    const { maxInFlight, ackTimeoutMs, ordered } = normaliseSubscribe(
+      {
+        kind: 'RocketMQ',
+        capabilities: CAPABILITIES,
+        limits: LIMITS,
+        defaultAckTimeoutMs: this.#options.ackTimeoutMs,
+        startHint:
+          'a new consumer group starts where its broker-side setting says (the oldest message with ' +
+          'consumeFromMinEnable, set by `mqadmin updateSubGroup -g <group> -m true`; else the newest), and an ' +
+          'existing group is moved with `mqadmin resetOffsetByTime -g <group> -t <topic> -s <epoch ms>`',
+      },
+      options,
+    );
     const credentials = this.#credentials(options.credentials);
     return this.#track(
       (async () => {
@@ -196,7 +197,7 @@ class RocketMqBroker implements Broker {
             filter: options.filter,
             maxInFlight,
             ackTimeoutMs,
-            ordered: options.ordered ?? false,
+            ordered,
             credentials,
             log: this.#options.log,
             onClosed: (sub) => this.#subscriptions.delete(sub),

@@ -26,6 +26,7 @@ import type { Message } from '../../core/message.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
 import { parseTagExpression } from '../../core/tags.js';
 import type { BrokerLog, Credentials, Delivery, NackOptions, Subscription } from '../broker.js';
+import { deliveryIterator } from '../delivery/iterator.js';
 import { KeyedHold } from '../delivery/keyed.js';
 import {
   type ErrorContext,
@@ -553,23 +554,16 @@ export class RocketMqSubscription implements Subscription {
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Delivery, undefined> {
-    return {
-      next: async () => {
-        for (;;) {
-          const result = await this.#queue.next();
-          if (result.done) return result;
-          const entry = result.value;
-          if (entry.state !== 'queued' || this.#entries.get(entry.id) !== entry) continue;
-          if (this.#closed) return { done: true, value: undefined };
-          return { done: false, value: this.#handOut(entry) };
-        }
-      },
-      // Leaving a for-await loop ends the subscription, as the queue behind it has ended.
-      return: async () => {
-        await this.close();
-        return { done: true, value: undefined };
-      },
-    };
+    return deliveryIterator(async () => {
+      for (;;) {
+        const result = await this.#queue.next();
+        if (result.done) return result;
+        const entry = result.value;
+        if (entry.state !== 'queued' || this.#entries.get(entry.id) !== entry) continue;
+        if (this.#closed) return { done: true, value: undefined };
+        return { done: false, value: this.#handOut(entry) };
+      }
+    }, this.close);
   }
 
   readonly close = closeOnce(async () => {

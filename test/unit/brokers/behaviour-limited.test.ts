@@ -10,6 +10,7 @@ import type {
   Subscription,
 } from '../../../src/brokers/broker.js';
 import { MemoryBroker } from '../../../src/brokers/memory/index.js';
+import { normaliseSubscribe } from '../../../src/brokers/subscribe-options.js';
 import { UnsupportedError } from '../../../src/core/errors.js';
 import type { OutgoingMessage } from '../../../src/core/message.js';
 import { runBrokerBehaviourSuite } from '../../support/behaviour.js';
@@ -26,6 +27,7 @@ class LimitedBroker implements Broker {
     startPosition: true,
   };
   readonly #inner = new MemoryBroker();
+  readonly limits = this.#inner.limits;
 
   async producer(topic: string): Promise<Producer> {
     const inner = await this.#inner.producer(topic);
@@ -45,10 +47,8 @@ class LimitedBroker implements Broker {
   }
 
   async subscribe(options: SubscribeOptions): Promise<Subscription> {
-    if (options.ordered) throw new UnsupportedError('the limited broker cannot hold keys (ordered)');
-    if (options.filter !== undefined && options.filter !== '*') {
-      throw new UnsupportedError('the limited broker cannot filter by tag');
-    }
+    // What a fifth adapter does first: the one check of subscribe options against what it declares.
+    normaliseSubscribe({ kind: this.kind, capabilities: this.capabilities, limits: this.limits }, options);
     return this.#inner.subscribe(options);
   }
 

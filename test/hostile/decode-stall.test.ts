@@ -1,8 +1,8 @@
 /**
  * Decode before auth, and decode at all: a request of ~7 MiB holding 500,000 property entries
  * must not stall the gateway's event loop, whether it comes without a token, with a wrong one or
- * with a valid one, nor when four arrive at once. The seed decoded first and stalled 0.8 s (one)
- * and 2.4 s (several). The gateway here is in-process, so the stall meter (event-loop delay
+ * with a valid one, nor when four arrive at once. A gateway that decodes first stalls 0.8 s (one)
+ * and 2.4 s (several) on this machine. The gateway here is in-process, so the stall meter (event-loop delay
  * histogram plus HealthCheck round trips every 5 ms) measures its own loop.
  *
  * The raw-bytes count must also hold against encodings a protobuf decoder accepts: the

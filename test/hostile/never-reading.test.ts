@@ -1,7 +1,7 @@
 /**
  * Streams that never read. A raw HTTP/2 client opens ReceiveMessages and never reads it, so the
  * gateway's writes stop at the HTTP/2 window. With a short ACK_TIMEOUT and STREAM_STALL_TIMEOUT:
- * memory stays bounded (the seed re-sent the message every ack timeout, ~10 MiB/s), no ack
+ * memory stays bounded (a gateway that re-sends the message every ack timeout writes ~10 MiB/s into a stream nobody reads), no ack
  * timeout fires for a message the client never got, the stream is ended after the stall timeout
  * and its connection cut, and the message is neither dead-lettered nor counted as an attempt.
  */

@@ -1,7 +1,8 @@
 /**
- * The leak harness. The seed event bus reported 134 "leaked" goroutines that were really 1,
- * because it slept 100 ms after Close and counted. Here we poll until the counts settle back
- * to the baseline or a deadline passes, and only then fail, naming what is left by type.
+ * The leak harness. Counting right after a fixed short sleep reports handles that are still
+ * shutting down as leaks (an event bus checked that way reported 134 "leaked" goroutines that
+ * were really 1). Here we poll until the counts settle back to the baseline or a deadline
+ * passes, and only then fail, naming what is left by type.
  */
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';

@@ -264,7 +264,7 @@ describe('KeyedLanes', () => {
     });
   });
 
-  it('close({ abort: true }) aborts handlers, rejects queued and waiting tasks, and waits for every lane loop (seed: a dispatcher outlived Close)', async () => {
+  it('close({ abort: true }) aborts handlers, rejects queued and waiting tasks, and waits for every lane loop (a dispatcher must not outlive close)', async () => {
     await withLeakCheck(async () => {
       const lanes = new KeyedLanes({ lanes: 1, queueSize: 1 });
       const handlerGate = gate();

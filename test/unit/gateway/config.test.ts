@@ -56,7 +56,7 @@ test('every configuration key has a setting with a default, so none is ever unde
   assert.deepEqual(Object.keys(config).sort(), [...expected].sort());
 });
 
-test('environment values are parsed, flags win, and durations use the seed spelling', () => {
+test('environment values are parsed, flags win, and durations use Go duration spelling (500ms, 2m, 1m30s)', () => {
   const c = loadConfig(
     {
       ACK_TIMEOUT: '500ms',

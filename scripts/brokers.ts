@@ -14,12 +14,9 @@ import {
   BrokerScriptError,
   type BrokersState,
   brokersDir,
-  dirSizeMb,
   ensureDir,
   jarDirs,
-  jarsComplete,
   KAFKA_VERSION,
-  livePid,
   type ProcessName,
   portAnswers,
   ports,
@@ -27,9 +24,6 @@ import {
   say,
   seconds,
   statePath,
-  stopProcess,
-  tail,
-  withBrokerLock,
 } from './brokers/common.js';
 import {
   fetchKafkaJars,
@@ -40,7 +34,10 @@ import {
   kafkaServerLog,
   startKafka,
 } from './brokers/kafka.js';
+import { withBrokerLock } from './brokers/lock.js';
+import { dirSizeMb, jarsComplete } from './brokers/maven.js';
 import { ensureNats, natsUrl } from './brokers/nats.js';
+import { livePid, stopProcess, tail } from './brokers/processes.js';
 import {
   createGroups,
   createTopics,

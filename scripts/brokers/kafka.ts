@@ -5,25 +5,20 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Admin, Consumer, Producer, stringDeserializers, stringSerializers } from '@platformatic/kafka';
+import { withTimeout } from '../../src/core/lifecycle.js';
 import {
   BrokerScriptError,
   brokersDir,
   ensureDir,
-  fetchJars,
   HOST,
-  type JavaCommand,
   jarDirs,
   KAFKA_VERSION,
-  livePid,
   portFreed,
   ports,
-  runJava,
-  startDetached,
-  stopProcess,
-  TOOL_JVM_OPTIONS,
-  waitForLog,
-  withDeadline,
 } from './common.js';
+import { type JavaCommand, runJava, TOOL_JVM_OPTIONS } from './java.js';
+import { fetchJars } from './maven.js';
+import { livePid, startDetached, stopProcess, waitForLog } from './processes.js';
 
 export const kafkaDirs = {
   root: join(brokersDir, 'kafka'),
@@ -221,18 +216,18 @@ export async function kafkaRoundTrip(timeoutMs: number): Promise<void> {
   });
   let failure: unknown;
   try {
-    await withDeadline(
+    await withTimeout(
       ensureTopic(admin, KAFKA_READY_TOPIC),
       Math.max(1, deadline - Date.now()),
       'Kafka create topic',
     );
     const value = `ready-${randomUUID()}`;
-    await withDeadline(
+    await withTimeout(
       producer.send({ messages: [{ topic: KAFKA_READY_TOPIC, value }] }),
       Math.max(1, deadline - Date.now()),
       'Kafka produce',
     );
-    const stream = await withDeadline(
+    const stream = await withTimeout(
       consumer.consume({
         topics: [KAFKA_READY_TOPIC],
         mode: 'earliest',
@@ -249,7 +244,7 @@ export async function kafkaRoundTrip(timeoutMs: number): Promise<void> {
       throw new BrokerScriptError('Kafka consumer stream ended before the readiness message arrived');
     })();
     try {
-      await withDeadline(found, Math.max(1, deadline - Date.now()), 'Kafka consume');
+      await withTimeout(found, Math.max(1, deadline - Date.now()), 'Kafka consume');
     } finally {
       await stream.close();
     }

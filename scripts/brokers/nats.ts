@@ -7,7 +7,8 @@ import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { jetstream, jetstreamManager, StorageType } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { BrokerScriptError, HOST, portAnswers, ports, say, withDeadline } from './common.js';
+import { withTimeout } from '../../src/core/lifecycle.js';
+import { BrokerScriptError, HOST, portAnswers, ports, say } from './common.js';
 
 export const natsUrl = `nats://${HOST}:${ports.nats}`;
 export const NATS_SERVER_BIN = '/usr/sbin/nats-server';
@@ -17,7 +18,7 @@ const SYSTEM_STORE = '/var/lib/nats-server';
 export async function natsRoundTrip(url: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   const left = (): number => Math.max(1, deadline - Date.now());
-  const nc = await withDeadline(
+  const nc = await withTimeout(
     connect({ servers: url, timeout: Math.min(5_000, left()) }),
     left(),
     `NATS connect ${url}`,
@@ -26,17 +27,17 @@ export async function natsRoundTrip(url: string, timeoutMs: number): Promise<voi
     const id = randomUUID();
     const stream = `mqgate-ready-${id}`;
     const subject = `mqgate.ready.${id}`;
-    const jsm = await withDeadline(jetstreamManager(nc), left(), 'JetStream manager');
-    await withDeadline(
+    const jsm = await withTimeout(jetstreamManager(nc), left(), 'JetStream manager');
+    await withTimeout(
       jsm.streams.add({ name: stream, subjects: [subject], storage: StorageType.Memory }),
       left(),
       'JetStream add stream',
     );
     try {
       const js = jetstream(nc);
-      await withDeadline(js.publish(subject, id), left(), 'JetStream publish');
-      const consumer = await withDeadline(js.consumers.get(stream), left(), 'JetStream consumer');
-      const msg = await withDeadline(consumer.next({ expires: 5_000 }), left(), 'JetStream next');
+      await withTimeout(js.publish(subject, id), left(), 'JetStream publish');
+      const consumer = await withTimeout(js.consumers.get(stream), left(), 'JetStream consumer');
+      const msg = await withTimeout(consumer.next({ expires: 5_000 }), left(), 'JetStream next');
       if (msg?.string() !== id)
         throw new BrokerScriptError(`JetStream returned ${JSON.stringify(msg?.string())}, not ${id}`);
     } finally {

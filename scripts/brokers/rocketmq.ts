@@ -8,27 +8,21 @@ import { EventEmitter } from 'node:events';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Producer, SimpleConsumer } from 'rocketmq-client-nodejs';
+import { withTimeout } from '../../src/core/lifecycle.js';
 import {
   BrokerScriptError,
   brokersDir,
   ensureDir,
-  fetchJars,
   HOST,
-  type JavaCommand,
-  JDK17_OPENS,
   jarDirs,
-  livePid,
   portAnswers,
   portFreed,
   ports,
   ROCKETMQ_VERSION,
-  runJava,
-  startDetached,
-  stopProcess,
-  TOOL_JVM_OPTIONS,
-  waitForLog,
-  withDeadline,
 } from './common.js';
+import { type JavaCommand, JDK17_OPENS, runJava, TOOL_JVM_OPTIONS } from './java.js';
+import { fetchJars } from './maven.js';
+import { livePid, startDetached, stopProcess, waitForLog } from './processes.js';
 import { clusterRegistered, topicRouted } from './remoting.js';
 
 export const ROCKETMQ_CLUSTER = 'MqgateCluster';
@@ -529,19 +523,19 @@ export async function rocketMqRoundTrip(timeoutMs: number): Promise<void> {
     awaitDuration: 10_000,
   });
   try {
-    await withDeadline(producer.startup(), left(), 'RocketMQ producer startup');
-    await withDeadline(consumer.startup(), left(), 'RocketMQ consumer startup');
+    await withTimeout(producer.startup(), left(), 'RocketMQ producer startup');
+    await withTimeout(consumer.startup(), left(), 'RocketMQ consumer startup');
     const body = `ready-${randomUUID()}`;
-    await withDeadline(
+    await withTimeout(
       producer.send({ topic: ROCKETMQ_READY_TOPIC, tag: 'ready', body: Buffer.from(body) }),
       left(),
       'RocketMQ send',
     );
     for (;;) {
-      const messages = await withDeadline(consumer.receive(16, 10_000), left(), 'RocketMQ receive');
+      const messages = await withTimeout(consumer.receive(16, 10_000), left(), 'RocketMQ receive');
       let found = false;
       for (const m of messages) {
-        await withDeadline(consumer.ack(m), left(), 'RocketMQ ack');
+        await withTimeout(consumer.ack(m), left(), 'RocketMQ ack');
         if (m.body.toString() === body) found = true;
       }
       if (found) return;

@@ -11,16 +11,11 @@
  * create a topic before any client asks for it.
  */
 import { readFileSync } from 'node:fs';
-import {
-  type BrokersState,
-  type JavaCommand,
-  JDK17_OPENS,
-  javaArgs,
-  livePid,
-  statePath,
-  withBrokerLock,
-} from '../../scripts/brokers/common.js';
+import { type BrokersState, statePath } from '../../scripts/brokers/common.js';
+import { type JavaCommand, JDK17_OPENS, javaArgs } from '../../scripts/brokers/java.js';
 import { kafkaRoundTrip, startKafka, stopKafka } from '../../scripts/brokers/kafka.js';
+import { withBrokerLock } from '../../scripts/brokers/lock.js';
+import { livePid } from '../../scripts/brokers/processes.js';
 import {
   createGroups,
   createTopics,

@@ -2,17 +2,17 @@ import { Base, Consumer, type ConsumerGroupJoinPayload, IS_CONTROL } from '@plat
 import { Backoff, type BackoffPolicy } from '../../core/backoff.js';
 import { InvalidArgumentError, NotFoundError, toMqError } from '../../core/errors.js';
 import { closeAll, closeOnce, delay, Notifier } from '../../core/lifecycle.js';
-import type { Message } from '../../core/message.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
 import type { TagFilter } from '../../core/tags.js';
-import type { BrokerLog, Delivery, NackOptions, Subscription } from '../broker.js';
+import type { BrokerLog, Delivery, Subscription } from '../broker.js';
 import { deliveryIterator } from '../delivery/iterator.js';
 import { type PullFailure, runPullLoop } from '../delivery/pull-loop.js';
 import type { StartPosition } from '../start.js';
 import type { SubscribeSettings } from '../subscribe-options.js';
-import { decodeRecord, type RawRecord, recordTag } from './codec.js';
+import { decodeRecord, recordTag } from './codec.js';
 import type { KafkaConfig } from './config.js';
 import { kafkaErrorHas, toKafkaMqError } from './errors.js';
+import { type BufferedRecord, KafkaDelivery, PartitionState } from './partition.js';
 
 type RawConsumer = Consumer<Buffer, Buffer, Buffer, Buffer>;
 type FetchResponse = Awaited<ReturnType<RawConsumer['fetch']>>;
@@ -27,93 +27,6 @@ const COMMIT_DELAY_MS = 100;
 const RETRY_BACKOFF_MS = 500;
 /** Fetch retries: the client library's own retry delay first, growing while Kafka stays away. */
 const FETCH_RETRY: BackoffPolicy = { initialMs: RETRY_BACKOFF_MS, maxMs: 5_000, jitter: 'equal' };
-
-interface BufferedRecord {
-  offset: bigint;
-  record: RawRecord;
-}
-
-/**
- * What the subscription knows about one assigned partition.
- *
- * Positions: `fetchPos` is the next offset to fetch; `handedPos` the offset after the last
- * record handed out or filtered (or after a fetch's control markers). The commit point is the
- * oldest unacked delivery's offset, or `handedPos` when none is in flight: always a contiguous
- * prefix of settled records.
- */
-class PartitionState {
-  /** Bumped on every rewind: a fetch started under an older epoch is discarded. */
-  epoch = 0;
-  buffer: BufferedRecord[] = [];
-  head = 0;
-  fetching = false;
-  /** Epoch ms before which nothing of this partition is handed out (nack delay). */
-  notBefore = 0;
-  bufferEnd: bigint;
-  handedPos: bigint;
-  committed: bigint;
-  /** Unsettled deliveries by offset; insertion order is offset order. */
-  readonly inflight = new Map<bigint, KafkaDelivery>();
-  /** In ordered mode: keys (latin1 of the key bytes) with a delivery in flight. */
-  readonly inflightKeys = new Map<string, number>();
-  /**
-   * How often each offset past the commit point was handed out, for reconsumeCount. In memory
-   * and per subscription: a redelivery to another group member (after a rebalance) starts at 0.
-   */
-  readonly deliveredCount = new Map<bigint, number>();
-
-  constructor(
-    readonly partition: number,
-    public fetchPos: bigint,
-  ) {
-    this.bufferEnd = fetchPos;
-    this.handedPos = fetchPos;
-    this.committed = fetchPos;
-  }
-
-  get buffered(): number {
-    return this.buffer.length - this.head;
-  }
-
-  clearBuffer(): void {
-    this.buffer = [];
-    this.head = 0;
-  }
-
-  commitPoint(): bigint {
-    for (const offset of this.inflight.keys()) return offset;
-    return this.handedPos;
-  }
-
-  pruneCounts(below: bigint): void {
-    for (const offset of this.deliveredCount.keys()) {
-      if (offset >= below) break;
-      this.deliveredCount.delete(offset);
-    }
-  }
-}
-
-class KafkaDelivery implements Delivery {
-  live = true;
-  acked = false;
-  timer: ScheduledTask | undefined;
-
-  constructor(
-    readonly message: Message,
-    readonly sub: KafkaSubscription,
-    readonly state: PartitionState,
-    readonly offset: bigint,
-    readonly keyId: string | undefined,
-  ) {}
-
-  ack(): Promise<void> {
-    return this.sub.settle(this, 'ack');
-  }
-
-  nack(options?: NackOptions): Promise<void> {
-    return this.sub.settle(this, 'nack', options?.delayMs ?? 0, options?.uncounted === true);
-  }
-}
 
 export interface KafkaSubscriptionDeps {
   config: KafkaConfig;

@@ -1,11 +1,13 @@
 import type { Broker, BrokerOpenOptions } from '../broker.js';
 import { MemoryBroker } from './broker.js';
-import { parseMemoryUrl } from './options.js';
+import { parseMemoryUrl } from './config.js';
 
-export type { MemoryBrokerOptions, MemoryGroupStats, MemoryTopicStats } from './broker.js';
-export { createMemoryBroker, DLQ_PROPERTIES, deadLetterTopic, MemoryBroker } from './broker.js';
-export type { MemoryBrokerSettings } from './options.js';
-export { parseMemoryUrl } from './options.js';
+export type { MemoryBrokerOptions } from './broker.js';
+export { createMemoryBroker, MemoryBroker } from './broker.js';
+export type { MemoryBrokerSettings } from './config.js';
+export { parseMemoryUrl } from './config.js';
+export type { MemoryGroupStats, MemoryTopicStats } from './topic.js';
+export { DLQ_PROPERTIES, deadLetterTopic } from './topic.js';
 
 /**
  * Opens the embedded broker:

@@ -79,7 +79,6 @@ import {
   type HealthStatus,
   MAX_TIMER_MS,
   type PreparedTransaction,
-  type PrepareOptions,
   type Producer,
   type SendResult,
   type SubscribeOptions,
@@ -87,9 +86,10 @@ import {
 } from '../broker.js';
 import { HOLDING_GROUP, Holding, type HoldingBackend, type HoldingTier } from '../holding/holding.js';
 import { releasedMessage } from '../holding/record.js';
-import { DEFAULT_IMMUNITY_MS, heldTransaction } from '../holding/transaction.js';
+import { heldTransaction } from '../holding/transaction.js';
 import { normaliseSubscribe } from '../subscribe-options.js';
 import { type NatsConfig, parseNatsUrl } from './config.js';
+import { apiCode, isClosedConnection, isTransient, text } from './errors.js';
 import { buildHeaders, dedupId } from './message.js';
 import {
   consumerName,
@@ -99,6 +99,7 @@ import {
   validateGroup,
   validateTopic,
 } from './names.js';
+import { NatsProducer } from './producer.js';
 import { NatsSubscription } from './subscription.js';
 
 const BROKER = 'NATS JetStream';
@@ -131,29 +132,6 @@ const HOLDING_ACK_WAIT_MS = 3_000;
 
 const nanos = (ms: number): number => Math.round(ms * 1_000_000);
 
-function text(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-function apiCode(err: unknown): number | undefined {
-  return err instanceof JetStreamApiError ? err.code : undefined;
-}
-
-/** Failures a retry with the same message id may fix: no reply, no responder, JetStream restarting. */
-function isTransient(err: unknown): boolean {
-  if (!(err instanceof Error)) return false;
-  if (err.name === 'TimeoutError' || err.name === 'NoResponders' || err.name === 'JetStreamNotEnabled')
-    return true;
-  if (err.name === 'RequestError') return true;
-  return err instanceof JetStreamApiError && err.status === 503;
-}
-
-function isClosedConnection(err: unknown): boolean {
-  return (
-    err instanceof Error && (err.name === 'ClosedConnectionError' || err.name === 'DrainingConnectionError')
-  );
-}
-
 function parseVersion(v: string | undefined): [number, number] {
   const m = /^v?(\d+)\.(\d+)/.exec(v ?? '');
   return m ? [Number(m[1]), Number(m[2])] : [0, 0];
@@ -162,35 +140,6 @@ function parseVersion(v: string | undefined): [number, number] {
 interface GroupMembers {
   filterKey: string;
   members: number;
-}
-
-class NatsProducer implements Producer {
-  #closed = false;
-
-  constructor(
-    readonly topic: string,
-    readonly broker: NatsBroker,
-  ) {}
-
-  send(message: OutgoingMessage): Promise<SendResult> {
-    if (this.#closed) {
-      return Promise.reject(new ClosedError(`producer for topic "${this.topic}" is closed; open a new one`));
-    }
-    return this.broker.publish(this.topic, message);
-  }
-
-  prepare(message: OutgoingMessage, options?: PrepareOptions): Promise<PreparedTransaction> {
-    if (this.#closed) {
-      return Promise.reject(new ClosedError(`producer for topic "${this.topic}" is closed; open a new one`));
-    }
-    return this.broker.prepare(this.topic, message, options?.immunityMs ?? DEFAULT_IMMUNITY_MS);
-  }
-
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.broker.producerClosed(this);
-  }
 }
 
 export class NatsBroker implements Broker {

@@ -9,6 +9,7 @@ import type { BrokerLog, Delivery, NackOptions, Subscription } from '../broker.j
 import { deliveryIterator } from '../delivery/iterator.js';
 import { KeyedHold } from '../delivery/keyed.js';
 import { runPullLoop } from '../delivery/pull-loop.js';
+import { text } from './errors.js';
 import { toMessage } from './message.js';
 
 /** How long one pull request waits at the server before it is renewed. */
@@ -60,10 +61,6 @@ class NatsDelivery implements Delivery {
     const delayMs = options?.delayMs ?? 0;
     return this.owner.settle(this, 'nak', Number.isFinite(delayMs) && delayMs > 0 ? Math.ceil(delayMs) : 0);
   }
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 /**
@@ -312,7 +309,7 @@ export class NatsSubscription implements Subscription {
       else d.raw.nak(delayMs);
     } catch (err) {
       throw new UnavailableError(
-        `could not ${how} message ${d.message.id} on topic "${this.topic}": ${errorText(err)}; NATS JetStream will redeliver it after the ack timeout`,
+        `could not ${how} message ${d.message.id} on topic "${this.topic}": ${text(err)}; NATS JetStream will redeliver it after the ack timeout`,
         { cause: err },
       );
     }

@@ -4,6 +4,7 @@ import { ClosedError, InvalidArgumentError, MqError } from '../../core/errors.js
 import { closeOnce, withTimeout } from '../../core/lifecycle.js';
 import { type OutgoingMessage, toBytes } from '../../core/message.js';
 import type { BrokerLog, Credentials, PreparedTransaction, Producer, SendResult } from '../broker.js';
+import type { RocketMqUrl } from './config.js';
 import {
   GuardedProducer,
   LibraryGuard,
@@ -14,7 +15,6 @@ import {
   toRocketMqError,
 } from './library.js';
 import type { TopicRoute } from './route.js';
-import type { RocketMqUrl } from './url.js';
 
 type TxState = 'pending' | 'committed' | 'rolledback';
 

@@ -28,6 +28,7 @@ import { parseTagExpression } from '../../core/tags.js';
 import type { BrokerLog, Credentials, Delivery, NackOptions, Subscription } from '../broker.js';
 import { deliveryIterator } from '../delivery/iterator.js';
 import { KeyedHold } from '../delivery/keyed.js';
+import type { RocketMqUrl } from './config.js';
 import {
   type ErrorContext,
   GuardedSimpleConsumer,
@@ -36,7 +37,6 @@ import {
   toRocketMqError,
 } from './library.js';
 import { SHARDING_KEY_PROPERTY } from './producer.js';
-import type { RocketMqUrl } from './url.js';
 
 /** The proxy returns at most 32 messages per ReceiveMessage. */
 const MAX_BATCH = 32;

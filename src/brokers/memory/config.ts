@@ -33,7 +33,7 @@ export const DEFAULT_MAX_ATTEMPTS = 16;
  * at half of the smallest heap limit Node usually picks (V8 gives its old space about a quarter
  * of physical memory: 512MiB on a 2GiB machine), leaving the rest for the gateway itself.
  */
-export const DEFAULT_MAX_BYTES = 256 * 1024 * 1024;
+const DEFAULT_MAX_BYTES = 256 * 1024 * 1024;
 /**
  * 10 minutes: long enough for a consumer to restart or reconnect without losing its place,
  * short enough that a group nobody comes back for does not block its topic for long.

@@ -6,15 +6,17 @@
  * iterating from the start walks over all of them. Here a ring of the inserted keys says which
  * one is oldest, so eviction never iterates. A key deleted and set again may be forgotten early
  * (its first insertion's slot comes round first): this is a cache of recent keys, not a store.
+ *
+ * The ring grows with use up to `capacity` instead of being allocated whole: every consumer
+ * session keeps one of 4,096 keys, and a preallocated ring is 32 KiB per idle session.
  */
 export class BoundedMap<K, V> {
   readonly #map = new Map<K, V>();
-  readonly #ring: Array<K | undefined>;
+  #ring: Array<K | undefined> = [];
+  /** Once the ring is full: the slot of the oldest insertion, overwritten next. */
   #next = 0;
 
-  constructor(readonly capacity: number) {
-    this.#ring = new Array<K | undefined>(capacity).fill(undefined);
-  }
+  constructor(readonly capacity: number) {}
 
   get size(): number {
     return this.#map.size;
@@ -29,10 +31,14 @@ export class BoundedMap<K, V> {
   }
 
   set(key: K, value: V): void {
-    const old = this.#ring[this.#next];
-    if (old !== undefined) this.#map.delete(old);
-    this.#ring[this.#next] = key;
-    this.#next = (this.#next + 1) % this.capacity;
+    if (this.#ring.length < this.capacity) {
+      this.#ring.push(key);
+    } else {
+      const old = this.#ring[this.#next];
+      if (old !== undefined) this.#map.delete(old);
+      this.#ring[this.#next] = key;
+      this.#next = (this.#next + 1) % this.capacity;
+    }
     this.#map.set(key, value);
   }
 
@@ -42,7 +48,7 @@ export class BoundedMap<K, V> {
 
   clear(): void {
     this.#map.clear();
-    this.#ring.fill(undefined);
+    this.#ring = [];
     this.#next = 0;
   }
 }

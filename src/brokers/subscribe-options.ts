@@ -19,8 +19,6 @@ export interface SubscribeSettings {
   readonly ordered: boolean;
   /** 'latest' when the caller gave none (also on brokers that cannot choose: the group's own start). */
   readonly start: StartPosition;
-  /** Whether the caller asked for a start position at all. */
-  readonly startGiven: boolean;
   readonly ackTimeoutMs: number;
   readonly credentials: Credentials | undefined;
 }
@@ -88,9 +86,8 @@ export function normaliseSubscribe(
       `${kind} cannot filter by tag (filter "${filter.expression}"); use "*" or leave it unset`,
     );
   }
-  const startGiven = options.start !== undefined;
   const start = checkStart(options.start);
-  if (startGiven && !capabilities.startPosition) {
+  if (options.start !== undefined && !capabilities.startPosition) {
     throw new UnsupportedError(
       `${kind} cannot choose where a new consumer group starts${contract.startHint ? `: ${contract.startHint}` : ''}; leave start unset`,
     );
@@ -102,7 +99,6 @@ export function normaliseSubscribe(
     maxInFlight,
     ordered: options.ordered ?? false,
     start,
-    startGiven,
     ackTimeoutMs,
     credentials: options.credentials,
   };

@@ -115,9 +115,14 @@ export function isMqError(err: unknown): err is MqError {
 }
 
 /** Wraps anything thrown into an MqError, keeping MqErrors as they are. */
+/** The message of anything thrown, for logs and error texts. */
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
 export function toMqError(err: unknown, code: ErrorCode = 'INTERNAL', context?: string): MqError {
   if (err instanceof MqError) return err;
-  const text = err instanceof Error ? err.message : String(err);
+  const text = errorMessage(err);
   return new MqError(code, context ? `${context}: ${text}` : text, { cause: err });
 }
 

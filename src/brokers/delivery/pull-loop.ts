@@ -1,4 +1,5 @@
 import { Backoff, type BackoffPolicy } from '../../core/backoff.js';
+import { errorMessage } from '../../core/errors.js';
 import { delay, type Notifier } from '../../core/lifecycle.js';
 import type { BrokerLog } from '../broker.js';
 
@@ -57,15 +58,11 @@ export async function runPullLoop<W>(o: PullLoopOptions<W>): Promise<Error | und
       if (outcome !== 'retry') return outcome.end;
       const wait = backoff.next();
       o.log?.warn(
-        { ...o.context, err: errorText(err), failures: backoff.failures, retryInMs: Math.round(wait) },
+        { ...o.context, err: errorMessage(err), failures: backoff.failures, retryInMs: Math.round(wait) },
         `${o.what} failed; retrying`,
       );
       await delay(wait, signal).catch(() => {});
     }
   }
   return undefined;
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

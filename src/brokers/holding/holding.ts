@@ -1,6 +1,6 @@
 import { KeyedLanes } from '../../bus/lanes.js';
 import { Backoff, BROKER_RETRY } from '../../core/backoff.js';
-import { ClosedError, isMqError } from '../../core/errors.js';
+import { ClosedError, errorMessage, isMqError } from '../../core/errors.js';
 import { delay } from '../../core/lifecycle.js';
 import type { OutgoingMessage } from '../../core/message.js';
 import type { BrokerCounters, BrokerLog, Delivery, Subscription } from '../broker.js';
@@ -140,10 +140,6 @@ interface PartitionMoves {
 /** A release or hop that failed is retried after this long. */
 const FAILED_MOVE_RETRY_MS = 1_000;
 
-function text(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
 function ignoreNotFound(err: unknown): void {
   if (isMqError(err) && (err.code === 'NOT_FOUND' || err.code === 'CLOSED')) return;
   throw err;
@@ -206,7 +202,7 @@ export class Holding {
     this.#lanes = new KeyedLanes({
       lanes: concurrency,
       queueSize: 4,
-      onError: (err) => this.#log?.error({ err: text(err) }, 'holding move failed unexpectedly'),
+      onError: (err) => this.#log?.error({ err: errorMessage(err) }, 'holding move failed unexpectedly'),
     });
   }
 
@@ -327,7 +323,7 @@ export class Holding {
         if (signal.aborted) return;
         const wait = backoff.next();
         this.#log?.warn(
-          { err: text(err), topic: what, failures: backoff.failures },
+          { err: errorMessage(err), topic: what, failures: backoff.failures },
           'holding mover cannot subscribe; retrying',
         );
         await delay(wait, signal).catch(() => {});
@@ -347,7 +343,7 @@ export class Holding {
         }
       } catch (err) {
         if (!signal.aborted)
-          this.#log?.warn({ err: text(err), topic: what }, 'holding mover stopped; restarting');
+          this.#log?.warn({ err: errorMessage(err), topic: what }, 'holding mover stopped; restarting');
       } finally {
         this.#subscriptions.delete(sub);
         await sub.close().catch(() => {});
@@ -490,7 +486,10 @@ export class Holding {
       }
     } catch (err) {
       this.stats.failures++;
-      this.#log?.warn({ err: text(err), id: held.id, topic: held.topic }, 'holding move failed; retrying');
+      this.#log?.warn(
+        { err: errorMessage(err), id: held.id, topic: held.topic },
+        'holding move failed; retrying',
+      );
       return false;
     }
     try {

@@ -335,7 +335,6 @@ class KafkaBroker implements Broker, TopicInfo {
     const sub = new KafkaSubscription(settings, {
       config: this.#config,
       log: this.#options.log,
-      defaultAckTimeoutMs: this.#options.ackTimeoutMs,
       onClosed: (s) => this.#subscriptions.delete(s),
       fetchMaxWaitMs,
     });

@@ -31,7 +31,6 @@ const FETCH_RETRY: BackoffPolicy = { initialMs: RETRY_BACKOFF_MS, maxMs: 5_000, 
 export interface KafkaSubscriptionDeps {
   config: KafkaConfig;
   log: BrokerLog | undefined;
-  defaultAckTimeoutMs: number | undefined;
   onClosed: (sub: KafkaSubscription) => void;
   /**
    * Long-poll of one fetch (default 500 ms). A partition whose nack delay ends while a fetch is

@@ -2,9 +2,8 @@ import { JetStreamApiError } from '@nats-io/jetstream';
 
 /** How the NATS client's errors are told apart: by name and JetStream API code. */
 
-export function text(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
+/** The message of anything thrown (core's errorMessage, under the name the NATS adapter uses). */
+export { errorMessage as text } from '../../core/errors.js';
 
 export function apiCode(err: unknown): number | undefined {
   return err instanceof JetStreamApiError ? err.code : undefined;

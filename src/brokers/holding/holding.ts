@@ -76,8 +76,11 @@ export interface HoldingBackend {
    * out after the nacked one is void and comes back. `laneKey` names the partition of a delivery;
    * the mover then handles a partition's records one at a time and skips the voided ones, so a
    * record is never moved while an earlier one of its partition waits (which would move it twice).
+   * `isVoid` tells whether a rewind has already dropped a delivery: one handed out just before a
+   * rewind can reach the mover just after it, and moving it would move its record twice (the
+   * rewind delivers it again).
    */
-  readonly rewind?: { laneKey(d: Delivery): string };
+  readonly rewind?: { laneKey(d: Delivery): string; isVoid(d: Delivery): boolean };
   /** Where transaction decisions are kept as records (brokers that cannot delete a held record). */
   readonly decisions?: {
     write(record: OutgoingMessage): Promise<void>;
@@ -336,6 +339,8 @@ export class Holding {
         const rewind = this.#backend.rewind;
         for await (const d of sub) {
           if (partitioned !== undefined && rewind !== undefined) {
+            // Rewound already: the partition hands this record out again, from its rewind point.
+            if (rewind.isVoid(d)) continue;
             this.#dispatchPartitioned(partitioned, `${what}\u0000${rewind.laneKey(d)}`, d);
             continue;
           }

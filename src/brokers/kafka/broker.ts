@@ -31,6 +31,7 @@ import { type KafkaConfig, parseKafkaUrl } from './config.js';
 import { kafkaErrorHas, toKafkaMqError } from './errors.js';
 import { KafkaSender, KafkaTopicProducer, type TopicInfo } from './producer.js';
 import { KafkaSubscription } from './subscription.js';
+import { KafkaDelivery } from './partition.js';
 
 const CAPABILITIES: BrokerCapabilities = Object.freeze({
   ordered: true,
@@ -115,7 +116,10 @@ class KafkaBroker implements Broker, TopicInfo {
         return { duplicate: false };
       },
       // A nack rewinds the partition; message ids of holding records are topic/partition/offset.
-      rewind: { laneKey: (d) => d.message.id.slice(0, d.message.id.lastIndexOf('/')) },
+      rewind: {
+        laneKey: (d) => d.message.id.slice(0, d.message.id.lastIndexOf('/')),
+        isVoid: (d) => d instanceof KafkaDelivery && !d.live,
+      },
       decisions: {
         write: async (record) => {
           await this.#sendVia(`${prefix}_decisions`, record);

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { Broker } from '../../../src/brokers/broker.js';
+import type { Broker, Delivery, Subscription } from '../../../src/brokers/broker.js';
 import {
   DECISION_GRACE_MS,
   Holding,
@@ -16,7 +16,8 @@ import {
 import { decodeHeld, encodeHeld, releasedMessage } from '../../../src/brokers/holding/record.js';
 import { heldTransaction } from '../../../src/brokers/holding/transaction.js';
 import { openMemoryBroker } from '../../../src/brokers/memory/index.js';
-import { isMqError } from '../../../src/core/errors.js';
+import { isMqError, NotFoundError } from '../../../src/core/errors.js';
+import { delay } from '../../../src/core/lifecycle.js';
 import { bodyText } from '../../../src/core/message.js';
 import { Reader } from '../../support/behaviour.js';
 import { eventually, withLeakCheck } from '../../support/leaks.js';
@@ -182,6 +183,59 @@ describe('holding core', () => {
       await eventually(() => holding.stats.moved === 1, 'the move counted');
       await reader.subscription.close();
       await holding.close();
+      await broker.close();
+    });
+  });
+
+  test('a rewinding backend: a delivery its rewind already voided is not moved (its redelivery is, once)', async () => {
+    await withLeakCheck(async () => {
+      const broker = await openMemoryBroker(new URL('memory://'));
+      const backend = memoryBackend(broker);
+      // Kafka-like: the first hand-out of each record is void by the time the mover sees it (a
+      // nack of its partition rewound it): its ack is NOT_FOUND and the record comes again.
+      const voided = new Set<Delivery>();
+      const seen = new Set<string>();
+      let handedOut = 0;
+      const voidFirst = (sub: Subscription): Subscription => ({
+        topic: sub.topic,
+        group: sub.group,
+        get inFlight() {
+          return sub.inFlight;
+        },
+        close: () => sub.close(),
+        async *[Symbol.asyncIterator]() {
+          for await (const d of sub) {
+            handedOut++;
+            if (seen.has(d.message.id)) {
+              yield d;
+              continue;
+            }
+            seen.add(d.message.id);
+            // Due by the time it is seen, so a mover that ignored the rewind would move it.
+            await delay(100);
+            await d.nack({ delayMs: 0 });
+            const gone = async (): Promise<void> => {
+              throw new NotFoundError('rewound');
+            };
+            const v: Delivery = { message: d.message, ack: gone, nack: gone };
+            voided.add(v);
+            yield v;
+          }
+        },
+      });
+      const holding = new Holding({
+        ...backend,
+        subscribe: async (tier, group) => voidFirst(await backend.subscribe(tier, group)),
+        rewind: { laneKey: () => 'partition-0', isVoid: (d) => voided.has(d) },
+      });
+      const reader = new Reader(await broker.subscribe({ topic: 'target', group: 'g', start: 'earliest' }));
+      await holding.hold('target', { body: 'once' }, { id: 'm', kind: 'delay', dueAt: Date.now() + 50 });
+      const d = await reader.next(10_000, 'the release');
+      await d.ack();
+      await eventually(() => holding.stats.moved >= 1 && handedOut >= 2, 'the redelivery moved');
+      await holding.close();
+      assert.deepEqual(backend.released, ['m'], 'moved once: the void hand-out was skipped');
+      await reader.subscription.close();
       await broker.close();
     });
   });

@@ -29,9 +29,9 @@ import { DEFAULT_IMMUNITY_MS, heldTransaction } from '../holding/transaction.js'
 import { normaliseSubscribe } from '../subscribe-options.js';
 import { type KafkaConfig, parseKafkaUrl } from './config.js';
 import { kafkaErrorHas, toKafkaMqError } from './errors.js';
+import { KafkaDelivery } from './partition.js';
 import { KafkaSender, KafkaTopicProducer, type TopicInfo } from './producer.js';
 import { KafkaSubscription } from './subscription.js';
-import { KafkaDelivery } from './partition.js';
 
 const CAPABILITIES: BrokerCapabilities = Object.freeze({
   ordered: true,

@@ -109,14 +109,15 @@ export class Ledger<T extends LedgerEntry> {
 
   /**
    * The check every ack and nack starts with. Returns true when the delivery is held (the caller
-   * then ends it and tells the broker), false for a repeat of the settle that ended it (answered
-   * OK: a caller may retry an ack whose answer it lost). Otherwise it throws: NOT_FOUND naming
-   * why the delivery is no longer held, or FAILED_PRECONDITION for a nack after an ack.
+   * then ends it and tells the broker), false when the caller settled it already: the answer is
+   * OK, as a caller may retry a settle whose answer it lost (an ack after its own nack too: the
+   * message comes again either way). Otherwise it throws: FAILED_PRECONDITION for a nack after
+   * an ack (an ack cannot be undone), NOT_FOUND naming why the delivery is no longer held.
    */
   settle(d: T, how: 'ack' | 'nack'): boolean {
     const hold = d.hold;
     if (hold === 'held') return true;
-    if (hold === (how === 'ack' ? 'acked' : 'nacked')) return false;
+    if (hold === 'nacked' || (hold === 'acked' && how === 'ack')) return false;
     const { topic, group, broker } = this.#options;
     if (hold === 'acked') {
       throw new MqError(

@@ -1,6 +1,6 @@
 import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import { BROKER_RETRY } from '../../core/backoff.js';
-import { NotFoundError, UnavailableError } from '../../core/errors.js';
+import { UnavailableError } from '../../core/errors.js';
 import { AsyncQueue, abortable, Notifier } from '../../core/lifecycle.js';
 import type { Message } from '../../core/message.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
@@ -8,6 +8,7 @@ import type { TagFilter } from '../../core/tags.js';
 import type { BrokerLog, Delivery, NackOptions, Subscription } from '../broker.js';
 import { deliveryIterator } from '../delivery/iterator.js';
 import { KeyedHold } from '../delivery/keyed.js';
+import { Ledger, LedgerEntry } from '../delivery/ledger.js';
 import { runPullLoop } from '../delivery/pull-loop.js';
 import { text } from './errors.js';
 import { toMessage } from './message.js';
@@ -38,12 +39,14 @@ export interface ConnectionState {
   readonly connected: boolean;
 }
 
-type State = 'queued' | 'held' | 'out' | 'settled' | 'expired' | 'released';
+/** queued: for the iterator; held: behind its key's head; out: handed out (the ledger holds it). */
+type State = 'queued' | 'held' | 'out' | 'released';
 
-class NatsDelivery implements Delivery {
+class NatsDelivery extends LedgerEntry implements Delivery {
   state: State = 'queued';
   /** When it became visible to the iterator (queued), for the hand-out keep-alive below. */
   queuedAt = 0;
+  /** "In progress" renewals while it waits here (queued or held). */
   task: ScheduledTask | undefined;
 
   constructor(
@@ -51,7 +54,9 @@ class NatsDelivery implements Delivery {
     /** Replaced when the server redelivers the message before it was handed out. */
     public raw: JsMsg,
     public message: Message,
-  ) {}
+  ) {
+    super();
+  }
 
   ack(): Promise<void> {
     return this.owner.settle(this, 'ack', 0);
@@ -80,7 +85,6 @@ class NatsDelivery implements Delivery {
 export class NatsSubscription implements Subscription {
   readonly topic: string;
   readonly group: string;
-  #inFlight = 0;
   readonly #deps: NatsSubscriptionDeps;
   readonly #queue = new AsyncQueue<NatsDelivery>();
   /** Everything pulled and not settled: bounded by maxInFlight. */
@@ -95,6 +99,8 @@ export class NatsSubscription implements Subscription {
   readonly #wake = new Notifier();
   readonly #abort = new AbortController();
   readonly #scheduler: Scheduler;
+  /** Handed out and unsettled, with their ack clock. */
+  readonly #ledger: Ledger<NatsDelivery>;
   #consumer: Consumer | undefined;
   #fetch: ConsumerMessages | undefined;
   #closing = false;
@@ -111,6 +117,15 @@ export class NatsSubscription implements Subscription {
         deps.log?.error({ err, topic: deps.topic, group: deps.group }, 'nats subscription timer failed'),
     });
     this.#keys = new KeyedHold(this.#scheduler);
+    this.#ledger = new Ledger({
+      scheduler: this.#scheduler,
+      ackTimeoutMs: deps.ackTimeoutMs,
+      topic: deps.topic,
+      group: deps.group,
+      broker: 'NATS JetStream',
+      // The server redelivers after its own ack_wait (the same timeout): keep the key for it.
+      expired: (d) => this.#forget(d, deps.ackTimeoutMs),
+    });
     this.#loop = this.#run();
   }
 
@@ -123,7 +138,7 @@ export class NatsSubscription implements Subscription {
   }
 
   get inFlight(): number {
-    return this.#inFlight;
+    return this.#ledger.size;
   }
 
   /** Pulled and not settled (queued + held + handed out); for tests and metrics. */
@@ -202,10 +217,7 @@ export class NatsSubscription implements Subscription {
     if (previous !== undefined && previous.state === 'out') {
       // The server's ack timer fired just before ours: the handed-out delivery is void now, and
       // the redelivery takes its place (for ordered, as the head of its key).
-      previous.state = 'expired';
-      previous.task?.cancel();
-      previous.task = undefined;
-      this.#inFlight--;
+      this.#ledger.end(previous, 'redelivered');
       this.#unsettled.delete(previous);
       const key = message.key;
       if (this.#deps.ordered && key !== undefined && this.#keys.head(key) === previous) {
@@ -248,30 +260,20 @@ export class NatsSubscription implements Subscription {
 
   #handOut(d: NatsDelivery): void {
     d.task?.cancel();
+    d.task = undefined;
     d.state = 'out';
-    this.#inFlight++;
     // Restart the server's ack timer at hand-out when the message waited here noticeably,
     // so the caller gets its full ack timeout and the server's clock matches ours.
     if (Date.now() - d.queuedAt > Math.min(1000, this.#deps.ackTimeoutMs / 10)) safely(() => d.raw.working());
-    d.task = this.#scheduler.after(this.#deps.ackTimeoutMs, () => this.#expire(d));
-  }
-
-  #expire(d: NatsDelivery): void {
-    if (d.state !== 'out') return;
-    d.state = 'expired';
-    // The server redelivers after its own ack_wait (the same timeout): keep the key for it.
-    this.#forget(d, this.#deps.ackTimeoutMs);
+    this.#ledger.hold(d);
   }
 
   /**
-   * Drops a settled or expired delivery. With `awaitRedeliveryMs` (a nack or an expiry in an
-   * ordered subscription) the key stays blocked until that message comes back, so a retry never
-   * lets the key's later messages overtake it.
+   * Drops a delivery the ledger no longer holds (settled or expired). With `awaitRedeliveryMs` (a
+   * nack or an expiry in an ordered subscription) the key stays blocked until that message comes
+   * back, so a retry never lets the key's later messages overtake it.
    */
   #forget(d: NatsDelivery, awaitRedeliveryMs?: number): void {
-    d.task?.cancel();
-    d.task = undefined;
-    this.#inFlight--;
     this.#unsettled.delete(d);
     const seq = d.raw.info.streamSequence;
     if (this.#bySeq.get(seq) === d) this.#bySeq.delete(seq);
@@ -292,17 +294,8 @@ export class NatsSubscription implements Subscription {
 
   /** @internal called by NatsDelivery. */
   async settle(d: NatsDelivery, how: 'ack' | 'nak', delayMs: number): Promise<void> {
-    if (d.state === 'settled') return;
-    if (d.state !== 'out') {
-      const why =
-        d.state === 'expired'
-          ? `its ack timeout (${this.#deps.ackTimeoutMs} ms) passed`
-          : 'the subscription was closed';
-      throw new NotFoundError(
-        `delivery of message ${d.message.id} on topic "${this.topic}" (group "${this.group}") is no longer held: ${why}; NATS JetStream will redeliver it`,
-      );
-    }
-    d.state = 'settled';
+    if (!this.#ledger.settle(d, how === 'ack' ? 'ack' : 'nack')) return;
+    this.#ledger.end(d, how === 'ack' ? 'acked' : 'nacked');
     this.#forget(d, how === 'nak' ? delayMs : undefined);
     try {
       if (how === 'ack') d.raw.ack();
@@ -343,10 +336,11 @@ export class NatsSubscription implements Subscription {
     }
     await this.#loop;
     // Give every message back at once rather than after ack_wait.
+    this.#ledger.close();
+    this.#ledger.endAll('closed');
     for (const d of this.#unsettled) {
       d.task?.cancel();
       d.task = undefined;
-      if (d.state === 'out') this.#inFlight--;
       d.state = 'released';
       safely(() => d.raw.nak());
     }

@@ -132,7 +132,11 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
   }
 }
 
-/** Sleeps without keeping the process alive; rejects with ABORTED when the signal fires. */
+/**
+ * Sleeps; rejects with ABORTED when the signal fires. The timer is ref'd on purpose: a retry
+ * waiting for its next attempt keeps the process alive, and a leak test sees a sleep nobody
+ * cancelled.
+ */
 export function delay(ms: number, signal?: AbortSignal): Promise<void> {
   if (signal?.aborted) return Promise.reject(abortError(signal, 'delay'));
   return new Promise((resolve, reject) => {

@@ -118,7 +118,7 @@ class KafkaBroker implements Broker, TopicInfo {
       // A nack rewinds the partition; message ids of holding records are topic/partition/offset.
       rewind: {
         laneKey: (d) => d.message.id.slice(0, d.message.id.lastIndexOf('/')),
-        isVoid: (d) => d instanceof KafkaDelivery && !d.live,
+        isVoid: (d) => d instanceof KafkaDelivery && !d.held,
       },
       decisions: {
         write: async (record) => {

@@ -1,6 +1,6 @@
 import type { Message } from '../../core/message.js';
-import type { ScheduledTask } from '../../core/scheduler.js';
 import type { Delivery, NackOptions } from '../broker.js';
+import { LedgerEntry } from '../delivery/ledger.js';
 import type { RawRecord } from './codec.js';
 import type { KafkaSubscription } from './subscription.js';
 
@@ -69,18 +69,16 @@ export class PartitionState {
   }
 }
 
-export class KafkaDelivery implements Delivery {
-  live = true;
-  acked = false;
-  timer: ScheduledTask | undefined;
-
+export class KafkaDelivery extends LedgerEntry implements Delivery {
   constructor(
     readonly message: Message,
     readonly sub: KafkaSubscription,
     readonly state: PartitionState,
     readonly offset: bigint,
     readonly keyId: string | undefined,
-  ) {}
+  ) {
+    super();
+  }
 
   ack(): Promise<void> {
     return this.sub.settle(this, 'ack');

@@ -1,11 +1,12 @@
 import { Base, Consumer, type ConsumerGroupJoinPayload, IS_CONTROL } from '@platformatic/kafka';
 import { Backoff, type BackoffPolicy } from '../../core/backoff.js';
-import { InvalidArgumentError, NotFoundError, toMqError } from '../../core/errors.js';
+import { InvalidArgumentError, toMqError } from '../../core/errors.js';
 import { closeAll, closeOnce, delay, Notifier } from '../../core/lifecycle.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
 import type { TagFilter } from '../../core/tags.js';
 import type { BrokerLog, Delivery, Subscription } from '../broker.js';
 import { deliveryIterator } from '../delivery/iterator.js';
+import { type Ending, Ledger } from '../delivery/ledger.js';
 import { type PullFailure, runPullLoop } from '../delivery/pull-loop.js';
 import type { StartPosition } from '../start.js';
 import type { SubscribeSettings } from '../subscribe-options.js';
@@ -67,7 +68,6 @@ export class KafkaSubscription implements Subscription {
   readonly #consumer: RawConsumer;
   readonly #filter: TagFilter;
   readonly #maxInFlight: number;
-  readonly #ackTimeoutMs: number;
   readonly #ordered: boolean;
   readonly #start: StartPosition;
   readonly #deps: KafkaSubscriptionDeps;
@@ -79,7 +79,8 @@ export class KafkaSubscription implements Subscription {
   #rr = 0;
   /** Bumped on every revoke; stale assignment work compares against it. */
   #generation = 0;
-  #inFlight = 0;
+  /** Handed out and unsettled, with their ack clock; the partitions keep them by offset too. */
+  readonly #ledger: Ledger<KafkaDelivery>;
   #closed = false;
   #fetchLoop: Promise<void> | undefined;
   #rejoinLoop: Promise<void> | undefined;
@@ -93,9 +94,23 @@ export class KafkaSubscription implements Subscription {
     this.#deps = deps;
     this.#filter = options.filter;
     this.#maxInFlight = options.maxInFlight;
-    this.#ackTimeoutMs = options.ackTimeoutMs;
     this.#ordered = options.ordered;
     this.#start = options.start;
+    this.#ledger = new Ledger({
+      scheduler: this.#scheduler,
+      ackTimeoutMs: options.ackTimeoutMs,
+      topic: options.topic,
+      group: options.group,
+      broker: 'Kafka',
+      expired: (d) => {
+        this.#deps.log?.debug(
+          { topic: this.topic, group: this.group, partition: d.state.partition, offset: String(d.offset) },
+          'kafka delivery not settled within the ack timeout; rewinding its partition',
+        );
+        // Still in its partition's offsets: the rewind goes back to it (or an older one).
+        this.#rewind(d.state, 0);
+      },
+    });
     this.#consumer = new Consumer({
       clientId: `${deps.config.clientId}-consumer`,
       bootstrapBrokers: deps.config.brokers,
@@ -133,7 +148,7 @@ export class KafkaSubscription implements Subscription {
   }
 
   get inFlight(): number {
-    return this.#inFlight;
+    return this.#ledger.size;
   }
 
   [Symbol.asyncIterator](): AsyncIterator<Delivery, undefined> {
@@ -143,7 +158,7 @@ export class KafkaSubscription implements Subscription {
   async #next(): Promise<IteratorResult<Delivery, undefined>> {
     for (;;) {
       if (this.#closed) return { value: undefined, done: true };
-      if (this.#inFlight < this.#maxInFlight) {
+      if (this.#ledger.size < this.#maxInFlight) {
         const d = this.#take();
         if (d) return { value: d, done: false };
       }
@@ -193,15 +208,7 @@ export class KafkaSubscription implements Subscription {
       const d = new KafkaDelivery(message, this, p, item.offset, keyId);
       p.inflight.set(item.offset, d);
       if (keyId !== undefined) p.inflightKeys.set(keyId, (p.inflightKeys.get(keyId) ?? 0) + 1);
-      this.#inFlight++;
-      d.timer = this.#scheduler.after(this.#ackTimeoutMs, () => {
-        if (!d.live) return;
-        this.#deps.log?.debug(
-          { topic: this.topic, group: this.group, partition: p.partition, offset: String(d.offset) },
-          'kafka delivery not settled within the ack timeout; rewinding its partition',
-        );
-        this.#rewind(p, 0);
-      });
+      this.#ledger.hold(d);
       return d;
     }
     return undefined;
@@ -217,13 +224,7 @@ export class KafkaSubscription implements Subscription {
 
   /** Called by a delivery's ack() / nack(). */
   async settle(d: KafkaDelivery, how: 'ack' | 'nack', delayMs = 0, uncounted = false): Promise<void> {
-    // Acking twice is harmless; anything else on a delivery we no longer hold is NOT_FOUND.
-    if (d.acked && how === 'ack') return;
-    if (!d.live) {
-      throw new NotFoundError(
-        `delivery ${d.message.id} is no longer held by this subscription (closed, rewound, revoked by a rebalance or ack timeout); it will be redelivered`,
-      );
-    }
+    if (!this.#ledger.settle(d, how)) return;
     if (how === 'nack') {
       if (!Number.isFinite(delayMs) || delayMs < 0) {
         throw new InvalidArgumentError(
@@ -235,33 +236,38 @@ export class KafkaSubscription implements Subscription {
         const n = d.state.deliveredCount.get(d.offset) ?? 0;
         if (n > 0) d.state.deliveredCount.set(d.offset, n - 1);
       }
+      // Ended but still in its partition's offsets: the rewind goes back to it (or an older one).
+      this.#ledger.end(d, 'nacked');
       this.#rewind(d.state, delayMs);
       return;
     }
-    d.acked = true;
-    this.#drop(d);
+    this.#drop(d, 'acked');
     this.#markDirty(d.state);
     this.#notifier.notifyAll();
   }
 
-  #drop(d: KafkaDelivery): void {
-    d.live = false;
-    d.timer?.cancel();
+  /** Ends a delivery's hold (`how`) and removes it from its partition's offsets and keys. */
+  #drop(d: KafkaDelivery, how: Ending): void {
+    this.#ledger.end(d, how);
+    this.#forget(d);
+  }
+
+  #forget(d: KafkaDelivery): void {
     const p = d.state;
+    if (p.inflight.get(d.offset) !== d) return;
     p.inflight.delete(d.offset);
     if (d.keyId !== undefined) {
       const c = (p.inflightKeys.get(d.keyId) ?? 1) - 1;
       if (c <= 0) p.inflightKeys.delete(d.keyId);
       else p.inflightKeys.set(d.keyId, c);
     }
-    this.#inFlight--;
   }
 
   /** Seeks the partition back to its oldest unsettled offset (see the class comment). */
   #rewind(p: PartitionState, delayMs: number): void {
     if (this.#partitions.get(p.partition) !== p) return;
     const oldest = p.commitPoint();
-    for (const d of [...p.inflight.values()]) this.#drop(d);
+    for (const d of [...p.inflight.values()]) this.#drop(d, 'rewound');
     p.clearBuffer();
     p.epoch++;
     p.fetchPos = oldest;
@@ -339,7 +345,7 @@ export class KafkaSubscription implements Subscription {
     this.#commitTask?.cancel();
     this.#commitTask = undefined;
     for (const p of this.#partitions.values()) {
-      for (const d of [...p.inflight.values()]) this.#drop(d);
+      for (const d of [...p.inflight.values()]) this.#drop(d, this.#closed ? 'closed' : 'revoked');
       p.clearBuffer();
       p.epoch++;
     }
@@ -451,7 +457,7 @@ export class KafkaSubscription implements Subscription {
   }
 
   #fetchable(): PartitionState[] {
-    if (this.#inFlight >= this.#maxInFlight) return [];
+    if (this.#ledger.size >= this.#maxInFlight) return [];
     const now = Date.now();
     return this.#order.filter((p) => !p.fetching && p.buffered === 0 && p.notBefore <= now);
   }
@@ -636,10 +642,14 @@ export class KafkaSubscription implements Subscription {
       () => this.#scheduler.close(),
       async () => {
         try {
+          // leaveGroup() marks the membership inactive BEFORE it asks Kafka; close() alone leaves
+          // it active while leaving, so a JoinGroup answer still on the wire (a rebalance under
+          // way) would arm a new heartbeat timer after close() resolved.
+          await this.#consumer.leaveGroup(true);
           await this.#consumer.close(true);
         } catch (err) {
-          // close() leaves the group first and, when that fails (Kafka down), returns without
-          // closing its connections; the base close still releases them and its retry timers.
+          // Leaving failed (Kafka down): close() would return without closing its connections;
+          // the base close still releases them and its retry timers.
           this.#warn('leaving the Kafka consumer group failed; closing the connections anyway', err);
           await Base.prototype.close.call(this.#consumer);
         }

@@ -20,7 +20,6 @@
  */
 import { FilterExpression, type MessageView } from 'rocketmq-client-nodejs';
 import { Backoff, BROKER_RETRY } from '../../core/backoff.js';
-import { NotFoundError } from '../../core/errors.js';
 import { AsyncQueue, closeAll, closeOnce, delay, Notifier, withTimeout } from '../../core/lifecycle.js';
 import type { Message } from '../../core/message.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
@@ -28,6 +27,7 @@ import { parseTagExpression } from '../../core/tags.js';
 import type { BrokerLog, Credentials, Delivery, NackOptions, Subscription } from '../broker.js';
 import { deliveryIterator } from '../delivery/iterator.js';
 import { KeyedHold } from '../delivery/keyed.js';
+import { type Ending, Ledger, LedgerEntry } from '../delivery/ledger.js';
 import type { RocketMqUrl } from './config.js';
 import {
   type ErrorContext,
@@ -120,8 +120,9 @@ class Entry {
   readonly key: string | undefined;
   state: EntryState = 'queued';
   localAttempts = 0;
+  /** The delivery handed out now, while the ledger holds it. */
   current: RocketMqDelivery | undefined;
-  /** Invisible-time renewal, ack-timeout expiry or awaiting deadline: one at a time. */
+  /** Invisible-time renewal (while it waits here) or awaiting deadline: one at a time. */
   task: ScheduledTask | undefined;
   /** waiting: the end of the nack delay. */
   retry: ScheduledTask | undefined;
@@ -140,15 +141,14 @@ class Entry {
   }
 }
 
-class RocketMqDelivery implements Delivery {
+class RocketMqDelivery extends LedgerEntry implements Delivery {
   readonly message: Message;
   readonly entry: Entry;
   readonly #sub: RocketMqSubscription;
   #settling: Promise<void> | undefined;
-  /** Void: the ack timeout passed, or the broker redelivered the message. */
-  expired = false;
 
   constructor(entry: Entry, sub: RocketMqSubscription) {
+    super();
     this.entry = entry;
     this.message = toMessage(entry.view, entry.localAttempts);
     this.#sub = sub;
@@ -180,17 +180,30 @@ export class RocketMqSubscription implements Subscription {
   readonly #settles = new Set<Promise<unknown>>();
   readonly #room = new Notifier();
   readonly #abort = new AbortController();
-  #out = 0;
   #orphans: MessageView[] = [];
   #loop: Promise<void> = Promise.resolve();
   #closed = false;
   #received = false;
   #minInvisibleMs = DEFAULT_MIN_INVISIBLE_MS;
   readonly #scheduler = new Scheduler({ onError: () => {} });
+  /**
+   * Handed out and unsettled, with the ack clock: also when it equals the broker's invisible
+   * time, as the broker's redelivery reaches us only while there is room to receive, and a lost
+   * delivery must not hold its slot (and its FIFO group) forever.
+   */
+  readonly #ledger: Ledger<RocketMqDelivery>;
 
   private constructor(options: RocketMqSubscriptionOptions) {
     this.#options = options;
     this.#keys = new KeyedHold(this.#scheduler);
+    this.#ledger = new Ledger({
+      scheduler: this.#scheduler,
+      ackTimeoutMs: options.ackTimeoutMs,
+      topic: options.topic,
+      group: options.group,
+      broker: 'RocketMQ',
+      expired: (d) => this.#expire(d.entry, d),
+    });
     this.topic = options.topic;
     this.group = options.group;
     this.#filter = new FilterExpression(parseTagExpression(options.filter).expression);
@@ -237,7 +250,7 @@ export class RocketMqSubscription implements Subscription {
   }
 
   get inFlight(): number {
-    return this.#out;
+    return this.#ledger.size;
   }
 
   /** Received and not settled (queued, held back, handed out, waiting to retry); for tests. */
@@ -322,7 +335,7 @@ export class RocketMqSubscription implements Subscription {
       if (known.state === 'out') {
         // The caller's delivery is void (its ack would fail); this one takes its place, first in
         // its FIFO group.
-        this.#void(known);
+        this.#void(known, 'redelivered');
         this.#enqueue(known);
       } else if (known.state === 'awaiting') {
         this.#enqueue(known);
@@ -396,7 +409,6 @@ export class RocketMqSubscription implements Subscription {
     entry.task?.cancel();
     entry.task = undefined;
     entry.state = 'out';
-    this.#out++;
     const delivery = new RocketMqDelivery(entry, this);
     entry.current = delivery;
     const { ackTimeoutMs } = this.#options;
@@ -406,27 +418,21 @@ export class RocketMqSubscription implements Subscription {
     // gateway time out before the adapter does anyway.)
     const invisibleLeft = entry.since + this.#invisibleMs - Date.now();
     if (invisibleLeft < ackTimeoutMs * 0.9) void this.#renew(entry, this.#invisibleMs);
-    // Our own ack timeout, also when it equals the broker's invisible time: the broker's
-    // redelivery reaches us only while there is room to receive, and a lost delivery must not
-    // hold its slot (and its FIFO group) forever.
-    entry.task = this.#scheduler.after(ackTimeoutMs, () => this.#expire(entry, delivery));
+    this.#ledger.hold(delivery);
     return delivery;
   }
 
-  /** Makes the handed-out delivery of an entry void: a late ack or nack gets NOT_FOUND. */
-  #void(entry: Entry): void {
+  /** Ends the hold of an entry's handed-out delivery: a late ack or nack is refused. */
+  #void(entry: Entry, how: Ending): void {
     if (entry.current === undefined) return;
-    entry.current.expired = true;
+    this.#ledger.end(entry.current, how);
     entry.current = undefined;
-    entry.task?.cancel();
-    entry.task = undefined;
-    this.#out--;
   }
 
-  /** The adapter's own ack timeout passed for a handed-out delivery. */
+  /** The ledger's ack timeout passed for a handed-out delivery (it is no longer held). */
   #expire(entry: Entry, delivery: RocketMqDelivery): void {
     if (this.#closed || entry.current !== delivery) return;
-    this.#void(entry);
+    entry.current = undefined;
     if (this.#retriesHere(entry)) {
       entry.localAttempts++;
       this.#enqueue(entry);
@@ -480,18 +486,9 @@ export class RocketMqSubscription implements Subscription {
   async settle(delivery: RocketMqDelivery, delayMs: number | undefined): Promise<void> {
     const entry = delivery.entry;
     const action = delayMs === undefined ? 'acking' : 'nacking';
-    if (delivery.expired) {
-      throw new NotFoundError(
-        `cannot settle message ${delivery.message.id}: its ack timeout (${this.#options.ackTimeoutMs} ms) passed and it was released for redelivery`,
-      );
-    }
-    if (this.#closed || entry.current !== delivery) {
-      throw new NotFoundError(
-        `cannot settle message ${delivery.message.id}: the subscription to "${this.topic}" (group "${this.group}") ` +
-          'was closed and released it; it will be redelivered',
-      );
-    }
-    this.#void(entry);
+    // Refuses a delivery that is no longer held (a repeat never gets here: see RocketMqDelivery).
+    this.#ledger.settle(delivery, delayMs === undefined ? 'ack' : 'nack');
+    this.#void(entry, delayMs === undefined ? 'acked' : 'nacked');
     if (delayMs !== undefined && this.#retriesHere(entry)) {
       // FIFO retry, here and first in its group. The broker only keeps it invisible meanwhile.
       entry.localAttempts++;
@@ -569,6 +566,9 @@ export class RocketMqSubscription implements Subscription {
   readonly close = closeOnce(async () => {
     this.#closed = true;
     this.#abort.abort();
+    // From now on an ack or nack is refused: #releaseAll gives every message back.
+    this.#ledger.close();
+    this.#ledger.endAll('closed');
     this.#scheduler.close();
     this.#queue.drain();
     this.#queue.end();
@@ -592,7 +592,6 @@ export class RocketMqSubscription implements Subscription {
     const releases: Array<{ view: MessageView; invisibleMs: number }> = [];
     const now = Date.now();
     for (const entry of this.#entries.values()) {
-      if (entry.current) entry.current.expired = true;
       entry.current = undefined;
       entry.task = undefined;
       entry.retry = undefined;
@@ -606,7 +605,6 @@ export class RocketMqSubscription implements Subscription {
     for (const view of this.#orphans) releases.push({ view, invisibleMs: RELEASE_INVISIBLE_MS });
     this.#entries.clear();
     this.#keys.drain();
-    this.#out = 0;
     this.#orphans = [];
     if (releases.length === 0) return;
     const results = await Promise.allSettled(

@@ -1,10 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import type { Context, Link, Span } from '@opentelemetry/api';
 import type { Delivery, StartPosition, Subscription } from '../brokers/broker.js';
+import { Ledger, LedgerEntry } from '../brokers/delivery/ledger.js';
 import { BoundedMap } from '../core/bounded.js';
 import { MqError, NotFoundError, quoteInput } from '../core/errors.js';
 import { closeAll, Notifier } from '../core/lifecycle.js';
 import type { Message } from '../core/message.js';
+import { Scheduler } from '../core/scheduler.js';
 import { ATTR, messageLink, messagingSystem, startMessagingSpan, tracingOn } from '../core/tracing.js';
 import type { Audit } from './audit.js';
 import type { Caller } from './callers.js';
@@ -67,14 +69,25 @@ export interface DeliverySink {
   abort(error: MqError): void;
 }
 
-/** A delivery handed to a stream; it is also what the stream's sink writes. */
-interface InFlight extends Outgoing {
-  readonly delivery: Delivery;
-  readonly bytes: number;
-  /** When the transport took it: the ack clock starts here. 0 while it is not written yet. */
-  flushedAt: number;
+/**
+ * A delivery handed to a stream; it is also what the stream's sink writes. The session's ledger
+ * holds it from the moment the transport took it (the ack clock starts there) until it is
+ * settled or released.
+ */
+class InFlight extends LedgerEntry implements Outgoing {
+  /** The transport took it: the client has it, and giving it back counts as an attempt. */
+  flushed = false;
   /** An ack or nack under way: the entry stays until the broker confirms it. */
-  settling: Promise<void> | undefined;
+  settling: Promise<void> | undefined = undefined;
+
+  constructor(
+    readonly receiptHandle: string,
+    readonly message: Message,
+    readonly delivery: Delivery,
+    readonly bytes: number,
+  ) {
+    super();
+  }
 }
 
 const DETACHED = Symbol('detached');
@@ -158,6 +171,8 @@ export class Session implements Owned {
   /** Handles acked lately: a repeated ack of one of them is answered OK. */
   readonly #recentAcks = new BoundedMap<string, true>(RECENT_ACKS);
   readonly #room = new Notifier();
+  /** The ack clock of the deliveries the client has (written and not settled). */
+  readonly #ledger: Ledger<InFlight>;
   readonly #iterator: AsyncIterator<Delivery>;
   #pendingNext: Promise<IteratorResult<Delivery>> | undefined;
   /** A delivery pulled that did not fit the last batch's bytes: first of the next one. */
@@ -175,9 +190,24 @@ export class Session implements Owned {
     readonly subscription: Subscription,
     readonly registry: ConsumerRegistry,
     readonly opts: ConsumerRegistryOptions,
+    scheduler: Scheduler,
   ) {
     this.owner = caller.owner;
     this.#iterator = subscription[Symbol.asyncIterator]();
+    this.#ledger = new Ledger({
+      scheduler,
+      ackTimeoutMs: opts.ackTimeoutMs,
+      topic: input.topic,
+      group: input.group,
+      broker: 'the gateway',
+      // Not acked within ACK_TIMEOUT of reaching the client: back to the broker for redelivery.
+      expired: (e) => {
+        if (this.inFlight.get(e.receiptHandle) !== e) return;
+        this.inFlight.delete(e.receiptHandle);
+        this.#release(e, true);
+        this.#room.notifyAll();
+      },
+    });
   }
 
   /** The stream's credit grew, or something else may have made room: the pump looks again. */
@@ -241,6 +271,8 @@ export class Session implements Owned {
     // A second ack of the same delivery while the first is under way shares its outcome.
     if (e.settling) return e.settling;
     const counts = this.opts.metrics.counts;
+    // The ack clock stops while the broker is asked (and restarts if that fails).
+    this.#ledger.end(e, how === 'nack' ? 'nacked' : 'acked');
     e.settling = op().then(
       () => {
         if (this.inFlight.get(e.receiptHandle) === e) this.inFlight.delete(e.receiptHandle);
@@ -255,6 +287,7 @@ export class Session implements Owned {
         e.settling = undefined;
         // The stream ended while the broker was asked: nobody holds the delivery any more.
         if (this.inFlight.get(e.receiptHandle) !== e) this.#release(e, true);
+        else if (e.flushed) this.#ledger.hold(e);
         throw err;
       },
     );
@@ -268,8 +301,8 @@ export class Session implements Owned {
   }
 
   /**
-   * Periodic work: releases deliveries past the ack timeout and ends a stream that has stopped
-   * reading. Returns true when the session has been without a stream too long.
+   * Periodic work: ends a stream that has stopped reading. Returns true when the session has been
+   * without a stream too long. (Deliveries past the ack timeout are released by the ledger.)
    */
   sweep(now: number): boolean {
     const a = this.#attachment;
@@ -280,16 +313,6 @@ export class Session implements Owned {
         a.progressAt = now;
       } else if (now - a.progressAt > this.opts.streamStallTimeoutMs) this.#stall(a);
     }
-    let released = false;
-    for (const e of this.inFlight.values()) {
-      if (e.settling) continue;
-      // Flushes happen in write order, so the first unwritten or young entry ends the scan.
-      if (e.flushedAt === 0 || now - e.flushedAt < this.opts.ackTimeoutMs) break;
-      this.inFlight.delete(e.receiptHandle);
-      this.#release(e, true);
-      released = true;
-    }
-    if (released) this.#room.notifyAll();
     return !this.#attachment && now - this.detachedAt > this.opts.cleanupTimeoutMs;
   }
 
@@ -321,6 +344,7 @@ export class Session implements Owned {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#ledger.close();
     const a = this.#attachment;
     if (a) {
       this.#detach(a);
@@ -417,14 +441,7 @@ export class Session implements Owned {
       const entries: InFlight[] = [];
       for (let i = 0; i < batch.length; i++) {
         const delivery = batch[i] as Delivery;
-        const e: InFlight = {
-          receiptHandle: randomUUID(),
-          message: delivery.message,
-          delivery,
-          bytes: sizes[i] as number,
-          flushedAt: 0,
-          settling: undefined,
-        };
+        const e = new InFlight(randomUUID(), delivery.message, delivery, sizes[i] as number);
         this.inFlight.set(e.receiptHandle, e);
         entries.push(e);
       }
@@ -439,8 +456,11 @@ export class Session implements Owned {
         a.unflushedBytes -= bytes;
         a.unflushedCount -= entries.length;
         a.progressAt = now;
-        // Settled or released entries are out of the map already; their clock no longer matters.
-        for (const e of entries) e.flushedAt = now;
+        // Settled or released entries are out of the map already: they need no clock.
+        for (const e of entries) {
+          e.flushed = true;
+          if (e.settling === undefined && this.inFlight.get(e.receiptHandle) === e) this.#ledger.hold(e, now);
+        }
         this.#room.notifyAll();
       });
       if (ended) {
@@ -504,8 +524,9 @@ export class Session implements Owned {
     this.registry.streamEnded(this);
     // Every delivery the stream held goes back to the broker at once; one the client never
     // received (still unwritten) does not count as a delivery attempt.
+    this.#ledger.endAll('closed');
     for (const e of this.inFlight.values()) {
-      if (!e.settling) this.#release(e, e.flushedAt !== 0);
+      if (!e.settling) this.#release(e, e.flushed);
     }
     this.inFlight.clear();
     // Nothing stays with a session that has no stream: the group's other members may take it.
@@ -556,12 +577,17 @@ export class ConsumerRegistry {
   readonly #quota: Quota;
   readonly #streams: Quota;
   readonly #opts: ConsumerRegistryOptions;
+  /** The ack clocks of every session's deliveries: one timer for all of them. */
+  readonly #scheduler: Scheduler;
   /** Sessions with a stream attached (the quota counts Publish streams too). */
   #attached = 0;
   #closed = false;
 
   constructor(options: ConsumerRegistryOptions) {
     this.#opts = options;
+    this.#scheduler = new Scheduler({
+      onError: (err) => options.log.error({ err }, 'releasing a delivery past ACK_TIMEOUT failed'),
+    });
     this.#sessions = new OwnedMap('consumer', notFound, options.audit);
     this.#quota = new Quota(
       'consumer sessions',
@@ -643,7 +669,7 @@ export class ConsumerRegistry {
       this.#quota.release(caller.quotaKey);
       throw err;
     }
-    const session = new Session(caller, input, subscription, this, this.#opts);
+    const session = new Session(caller, input, subscription, this, this.#opts, this.#scheduler);
     this.#sessions.add(session);
     return session;
   }
@@ -727,6 +753,7 @@ export class ConsumerRegistry {
     this.#closed = true;
     const all = [...this.#sessions.values()];
     await closeAll(all.map((s) => () => this.#close(s)));
+    this.#scheduler.close();
   }
 
   async #close(s: Session): Promise<void> {

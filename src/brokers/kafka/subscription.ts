@@ -1,5 +1,4 @@
-import { Base, Consumer, type ConsumerGroupJoinPayload, IS_CONTROL } from '@platformatic/kafka';
-import { Backoff, type BackoffPolicy } from '../../core/backoff.js';
+import { Base, Consumer, type ConsumerGroupJoinPayload } from '@platformatic/kafka';
 import { InvalidArgumentError, toMqError } from '../../core/errors.js';
 import { closeAll, closeOnce, delay, Notifier } from '../../core/lifecycle.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
@@ -8,26 +7,16 @@ import type { BrokerLog, Delivery, Subscription } from '../broker.js';
 import { deliveryIterator } from '../delivery/iterator.js';
 import { type Ending, Ledger } from '../delivery/ledger.js';
 import { type PullFailure, runPullLoop } from '../delivery/pull-loop.js';
-import type { StartPosition } from '../start.js';
 import type { SubscribeSettings } from '../subscribe-options.js';
 import { decodeRecord, recordTag } from './codec.js';
 import type { KafkaConfig } from './config.js';
 import { kafkaErrorHas, toKafkaMqError } from './errors.js';
+import { FETCH_MAX_WAIT_MS, KafkaFetcher, type RawConsumer } from './fetcher.js';
+import { KAFKA_RETRY, type MembershipDeps, RETRY_BACKOFF_MS, rejoin, startOffsets } from './membership.js';
 import { type BufferedRecord, KafkaDelivery, PartitionState } from './partition.js';
 
-type RawConsumer = Consumer<Buffer, Buffer, Buffer, Buffer>;
-type FetchResponse = Awaited<ReturnType<RawConsumer['fetch']>>;
-
-/** Long-poll of one fetch; also how long close() may wait for a fetch on the wire. */
-const FETCH_MAX_WAIT_MS = 500;
-/** Per-partition bytes of one fetch: the bound of what a subscription buffers per partition. */
-const PARTITION_MAX_BYTES = 1024 * 1024;
-const FETCH_MAX_BYTES = 4 * 1024 * 1024;
 /** Acked offsets are committed in one request at most this long after the ack. */
 const COMMIT_DELAY_MS = 100;
-const RETRY_BACKOFF_MS = 500;
-/** Fetch retries: the client library's own retry delay first, growing while Kafka stays away. */
-const FETCH_RETRY: BackoffPolicy = { initialMs: RETRY_BACKOFF_MS, maxMs: 5_000, jitter: 'equal' };
 
 export interface KafkaSubscriptionDeps {
   config: KafkaConfig;
@@ -66,10 +55,11 @@ export class KafkaSubscription implements Subscription {
   readonly topic: string;
   readonly group: string;
   readonly #consumer: RawConsumer;
+  readonly #fetcher: KafkaFetcher;
+  readonly #membership: MembershipDeps;
   readonly #filter: TagFilter;
   readonly #maxInFlight: number;
   readonly #ordered: boolean;
-  readonly #start: StartPosition;
   readonly #deps: KafkaSubscriptionDeps;
   readonly #notifier = new Notifier();
   readonly #scheduler = new Scheduler({ onError: (err) => this.#warn('scheduled task failed', err) });
@@ -95,7 +85,6 @@ export class KafkaSubscription implements Subscription {
     this.#filter = options.filter;
     this.#maxInFlight = options.maxInFlight;
     this.#ordered = options.ordered;
-    this.#start = options.start;
     this.#ledger = new Ledger({
       scheduler: this.#scheduler,
       ackTimeoutMs: options.ackTimeoutMs,
@@ -124,6 +113,20 @@ export class KafkaSubscription implements Subscription {
       retryDelay: RETRY_BACKOFF_MS,
       connectTimeout: 5_000,
     });
+    this.#fetcher = new KafkaFetcher({
+      consumer: this.#consumer,
+      topic: this.topic,
+      maxWaitMs: deps.fetchMaxWaitMs ?? FETCH_MAX_WAIT_MS,
+      isCurrent: (p) => this.#partitions.get(p.partition) === p,
+      movedPast: (p) => this.#markDirty(p),
+    });
+    this.#membership = {
+      consumer: this.#consumer,
+      topic: this.topic,
+      start: options.start,
+      signal: this.#abort.signal,
+      warn: (msg, err) => this.#warn(msg, err),
+    };
     // Emitted when a rejoin ultimately fails; without a listener it would crash the process.
     this.#consumer.on('error', (err: unknown) => this.#onMembershipLost(err));
     // Synchronous, before JoinGroup goes out: drop what the next owner will redeliver.
@@ -365,72 +368,16 @@ export class KafkaSubscription implements Subscription {
     );
   }
 
-  /** Resolves each assigned partition's start: committed offset, else the `start` policy. */
+  /** Starts handing out the assigned partitions from their start offsets (see startOffsets). */
   async #assign(partitions: number[], generation: number): Promise<void> {
     if (partitions.length === 0) return;
-    const backoff = new Backoff(FETCH_RETRY);
-    for (;;) {
-      if (this.#closed || generation !== this.#generation) return;
-      try {
-        const committed = await this.#consumer.listCommittedOffsets({
-          topics: [{ topic: this.topic, partitions }],
-        });
-        const byPartition = committed.get(this.topic) ?? [];
-        const missing = partitions.filter((i) => (byPartition[i] ?? -1n) < 0n);
-        const starts = new Map<number, bigint>();
-        for (const i of partitions) {
-          const c = byPartition[i];
-          if (c !== undefined && c >= 0n) starts.set(i, c);
-        }
-        if (missing.length > 0) {
-          // -2: the earliest offset, -1: the end; a time gives the first offset at or after it,
-          // or -1 where the partition has nothing that recent (then it starts at the end).
-          const timestamp =
-            this.#start === 'earliest' ? -2n : this.#start === 'latest' ? -1n : BigInt(this.#start);
-          const listed = await this.#consumer.listOffsets({
-            topics: [this.topic],
-            partitions: { [this.topic]: missing },
-            timestamp,
-          });
-          const at = listed.get(this.topic) ?? [];
-          const pastTheEnd = missing.filter((i) => (at[i] ?? -1n) < 0n);
-          if (timestamp >= 0n && pastTheEnd.length > 0) {
-            const ends = await this.#consumer.listOffsets({
-              topics: [this.topic],
-              partitions: { [this.topic]: pastTheEnd },
-              timestamp: -1n,
-            });
-            const end = ends.get(this.topic) ?? [];
-            for (const i of pastTheEnd) at[i] = end[i] ?? 0n;
-          }
-          const offsets = [];
-          for (const i of missing) {
-            const o = at[i] ?? 0n;
-            starts.set(i, o);
-            offsets.push({ topic: this.topic, partition: i, offset: o, leaderEpoch: -1 });
-          }
-          // Commit the resolved start at once: a group seen for the first time keeps the
-          // position it started from even if it rebalances before its first ack ("latest"
-          // would otherwise move forward and skip what arrived in between).
-          if (generation !== this.#generation) return;
-          await this.#consumer.commit({ offsets });
-        }
-        if (this.#closed || generation !== this.#generation) return;
-        const states = partitions.map((i) => new PartitionState(i, starts.get(i) ?? 0n));
-        this.#partitions = new Map(states.map((s) => [s.partition, s]));
-        this.#order = states;
-        this.#notifier.notifyAll();
-        return;
-      } catch (err) {
-        if (this.#closed || generation !== this.#generation) return;
-        this.#warn('resolving start offsets of assigned Kafka partitions failed; retrying', err);
-        try {
-          await delay(backoff.next(), this.#abort.signal);
-        } catch {
-          return;
-        }
-      }
-    }
+    const current = (): boolean => !this.#closed && generation === this.#generation;
+    const starts = await startOffsets(this.#membership, partitions, current);
+    if (starts === undefined || !current()) return;
+    const states = partitions.map((i) => new PartitionState(i, starts.get(i) ?? 0n));
+    this.#partitions = new Map(states.map((s) => [s.partition, s]));
+    this.#order = states;
+    this.#notifier.notifyAll();
   }
 
   /** The client gave up rejoining (e.g. Kafka was down for long): keep trying in the background. */
@@ -438,22 +385,9 @@ export class KafkaSubscription implements Subscription {
     if (this.#closed) return;
     this.#warn('Kafka consumer group membership lost; rejoining', err);
     this.#revoke(false);
-    this.#rejoinLoop ??= (async () => {
-      try {
-        while (!this.#closed) {
-          try {
-            await delay(RETRY_BACKOFF_MS * 2, this.#abort.signal);
-            await this.#consumer.joinGroup({});
-            return;
-          } catch (e) {
-            if (this.#closed) return;
-            this.#warn('rejoining the Kafka consumer group failed; retrying', e);
-          }
-        }
-      } finally {
-        this.#rejoinLoop = undefined;
-      }
-    })();
+    this.#rejoinLoop ??= rejoin(this.#membership).finally(() => {
+      this.#rejoinLoop = undefined;
+    });
   }
 
   #fetchable(): PartitionState[] {
@@ -466,7 +400,7 @@ export class KafkaSubscription implements Subscription {
     await runPullLoop<PartitionState[]>({
       signal: this.#abort.signal,
       wake: this.#notifier,
-      backoff: FETCH_RETRY,
+      backoff: KAFKA_RETRY,
       log: this.#deps.log,
       context: { topic: this.topic, group: this.group },
       what: 'fetching from Kafka',
@@ -475,135 +409,19 @@ export class KafkaSubscription implements Subscription {
         return ready.length > 0 ? ready : undefined;
       },
       // A fetch on the wire is not cancelled: it ends within its long-poll (close waits for it).
-      pull: (ready) => this.#fetchOnce(ready),
+      pull: async (ready) => {
+        if (await this.#fetcher.fetch(ready)) this.#notifier.notifyAll();
+      },
       failed: async (err, ready): Promise<PullFailure> => {
-        if (kafkaErrorHas(err, 'apiId', 'OFFSET_OUT_OF_RANGE')) await this.#resetOutOfRange(ready);
+        if (kafkaErrorHas(err, 'apiId', 'OFFSET_OUT_OF_RANGE')) {
+          await this.#fetcher
+            .resetOutOfRange(ready)
+            .catch((e) => this.#warn('resolving an out-of-range Kafka offset failed', e));
+        }
         this.#consumer.clearMetadata();
         return 'retry';
       },
     });
-  }
-
-  async #fetchOnce(ready: PartitionState[]): Promise<void> {
-    const metadata = await this.#consumer.metadata({ topics: [this.topic] });
-    const topic = metadata.topics.get(this.topic);
-    if (!topic) throw new Error(`no metadata for topic ${this.topic}`);
-    const byLeader = new Map<number, PartitionState[]>();
-    for (const p of ready) {
-      const leader = topic.partitions[p.partition]?.leader ?? -1;
-      if (leader < 0) continue;
-      const list = byLeader.get(leader);
-      if (list) list.push(p);
-      else byLeader.set(leader, [p]);
-    }
-    if (byLeader.size === 0) throw new Error(`no leader for the assigned partitions of ${this.topic}`);
-    await Promise.all(
-      [...byLeader].map(async ([leader, parts]) => {
-        const requested = parts.map((p) => ({ p, epoch: p.epoch, offset: p.fetchPos }));
-        for (const p of parts) p.fetching = true;
-        let response: FetchResponse;
-        try {
-          response = await this.#consumer.fetch({
-            node: leader,
-            maxWaitTime: this.#deps.fetchMaxWaitMs ?? FETCH_MAX_WAIT_MS,
-            minBytes: 1,
-            maxBytes: FETCH_MAX_BYTES,
-            topics: [
-              {
-                topicId: topic.id,
-                partitions: requested.map((r) => ({
-                  partition: r.p.partition,
-                  fetchOffset: r.offset,
-                  partitionMaxBytes: PARTITION_MAX_BYTES,
-                  currentLeaderEpoch: -1,
-                  lastFetchedEpoch: -1,
-                })),
-              },
-            ],
-          });
-        } finally {
-          for (const p of parts) p.fetching = false;
-        }
-        this.#absorb(response, requested);
-      }),
-    );
-  }
-
-  #absorb(
-    response: FetchResponse,
-    requested: Array<{ p: PartitionState; epoch: number; offset: bigint }>,
-  ): void {
-    const byPartition = new Map(requested.map((r) => [r.p.partition, r]));
-    let changed = false;
-    for (const t of response.responses) {
-      for (const part of t.partitions) {
-        const r = byPartition.get(part.partitionIndex);
-        // Revoked or rewound while the fetch was on the wire: its records are stale.
-        if (!r || r.epoch !== r.p.epoch || this.#partitions.get(r.p.partition) !== r.p) continue;
-        const batches = part.records ?? [];
-        if (batches.length === 0) continue;
-        const p = r.p;
-        for (const batch of batches) {
-          if (batch.attributes & IS_CONTROL) continue;
-          for (const record of batch.records) {
-            const offset = batch.firstOffset + BigInt(record.offsetDelta);
-            if (offset < r.offset) continue;
-            p.buffer.push({
-              offset,
-              record: {
-                key: record.key,
-                value: record.value,
-                headers: record.headers,
-                timestamp: batch.firstTimestamp + record.timestampDelta,
-              },
-            });
-          }
-        }
-        const last = batches[batches.length - 1];
-        if (last) {
-          const end = last.firstOffset + BigInt(last.lastOffsetDelta) + 1n;
-          if (end > p.fetchPos) p.fetchPos = end;
-          p.bufferEnd = p.fetchPos;
-        }
-        if (p.buffered === 0 && p.bufferEnd > p.handedPos) {
-          // Only control markers (transaction commits / aborts) were read: move past them.
-          p.handedPos = p.bufferEnd;
-          this.#markDirty(p);
-        }
-        changed = true;
-      }
-    }
-    if (changed) this.#notifier.notifyAll();
-  }
-
-  async #resetOutOfRange(parts: PartitionState[]): Promise<void> {
-    try {
-      const ids = parts.map((p) => p.partition);
-      const [earliest, latest] = await Promise.all([
-        this.#consumer.listOffsets({
-          topics: [this.topic],
-          partitions: { [this.topic]: ids },
-          timestamp: -2n,
-        }),
-        this.#consumer.listOffsets({
-          topics: [this.topic],
-          partitions: { [this.topic]: ids },
-          timestamp: -1n,
-        }),
-      ]);
-      for (const p of parts) {
-        if (this.#partitions.get(p.partition) !== p || p.inflight.size > 0) continue;
-        const lo = earliest.get(this.topic)?.[p.partition] ?? 0n;
-        const hi = latest.get(this.topic)?.[p.partition] ?? lo;
-        const to = p.fetchPos < lo ? lo : p.fetchPos > hi ? hi : p.fetchPos;
-        p.epoch++;
-        p.fetchPos = to;
-        p.bufferEnd = to;
-        p.handedPos = to;
-      }
-    } catch (err) {
-      this.#warn('resolving an out-of-range Kafka offset failed', err);
-    }
   }
 
   #warn(msg: string, err: unknown): void {

@@ -5,6 +5,7 @@
  * passes, and only then fail, naming what is left by type.
  */
 import assert from 'node:assert/strict';
+import { createHook } from 'node:async_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export type ResourceCounts = Map<string, number>;
@@ -58,9 +59,39 @@ export async function withLeakCheck<T>(body: () => Promise<T>, options?: SettleO
   // Settle first so handles from earlier work in the same file do not count against this body.
   await new Promise((r) => setImmediate(r));
   const baseline = countResources();
-  const result = await body();
-  await assertResourcesSettle(baseline, options);
-  return result;
+  const origins = process.env.MQGATE_LEAK_ORIGINS === '1' ? traceOrigins() : undefined;
+  try {
+    const result = await body();
+    await assertResourcesSettle(baseline, options);
+    return result;
+  } catch (err) {
+    if (origins) console.error(`resources created by the body and still alive:\n${origins.alive()}`);
+    throw err;
+  } finally {
+    origins?.stop();
+  }
+}
+
+/**
+ * Debugging aid (MQGATE_LEAK_ORIGINS=1): where each socket and timer created by the body was
+ * created, so a failed leak check names the code that made what is left, not only its type.
+ */
+function traceOrigins(): { alive(): string; stop(): void } {
+  const live = new Map<number, string>();
+  const watched = new Set(['TCPWRAP', 'TCPCONNECTWRAP', 'Timeout', 'Immediate', 'PIPEWRAP', 'FSREQCALLBACK']);
+  const hook = createHook({
+    init(id, type) {
+      if (!watched.has(type)) return;
+      live.set(id, `${type}${(new Error().stack ?? '').split('\n').slice(2, 14).join('\n')}`);
+    },
+    destroy(id) {
+      live.delete(id);
+    },
+  }).enable();
+  return {
+    alive: () => [...live.values()].join('\n---\n'),
+    stop: () => hook.disable(),
+  };
 }
 
 function forceGc(): void {

@@ -19,8 +19,9 @@
  * proxy outage) keeps its place, with the new receipt handle.
  */
 import { FilterExpression, type MessageView } from 'rocketmq-client-nodejs';
-import { Backoff, BROKER_RETRY } from '../../core/backoff.js';
-import { AsyncQueue, closeAll, closeOnce, delay, Notifier, withTimeout } from '../../core/lifecycle.js';
+import { BROKER_RETRY } from '../../core/backoff.js';
+import { errorMessage } from '../../core/errors.js';
+import { AsyncQueue, closeAll, closeOnce, Notifier, withTimeout } from '../../core/lifecycle.js';
 import type { Message } from '../../core/message.js';
 import { type ScheduledTask, Scheduler } from '../../core/scheduler.js';
 import { parseTagExpression } from '../../core/tags.js';
@@ -28,6 +29,7 @@ import type { BrokerLog, Credentials, Delivery, NackOptions, Subscription } from
 import { deliveryIterator } from '../delivery/iterator.js';
 import { KeyedHold } from '../delivery/keyed.js';
 import { type Ending, Ledger, LedgerEntry } from '../delivery/ledger.js';
+import { runPullLoop } from '../delivery/pull-loop.js';
 import type { RocketMqUrl } from './config.js';
 import {
   type ErrorContext,
@@ -265,32 +267,34 @@ export class RocketMqSubscription implements Subscription {
 
   async #run(): Promise<void> {
     const { maxInFlight, log } = this.#options;
-    const signal = this.#abort.signal;
-    const backoff = new Backoff(BROKER_RETRY);
-    while (!this.#closed) {
-      const room = maxInFlight - this.#entries.size;
-      if (room <= 0) {
-        await this.#room.wait(signal).catch(() => {});
-        continue;
-      }
-      let views: MessageView[];
-      try {
-        views = await this.#consumer.receiveBatch(
+    const end = await runPullLoop<number>({
+      signal: this.#abort.signal,
+      wake: this.#room,
+      backoff: BROKER_RETRY,
+      log,
+      context: { topic: this.topic, group: this.group },
+      what: 'rocketmq receive',
+      ready: () => {
+        const room = maxInFlight - this.#entries.size;
+        return room > 0 ? Math.min(room, MAX_BATCH) : undefined;
+      },
+      pull: async (n, signal) => {
+        const views = await this.#consumer.receiveBatch(
           this.topic,
           this.#filter,
-          Math.min(room, MAX_BATCH),
+          n,
           this.#invisibleMs,
           LONG_POLL_MS,
           signal,
         );
-        backoff.reset();
         this.#received = true;
-      } catch (err) {
-        if (this.#closed) break;
-        const min = /invisibleTime is too small\. min is (\d+)/.exec(String((err as Error)?.message))?.[1];
+        for (const view of views) this.#accept(view);
+      },
+      failed: (err) => {
+        const min = /invisibleTime is too small\. min is (\d+)/.exec(errorMessage(err))?.[1];
         if (min !== undefined && Number(min) > this.#minInvisibleMs) {
           this.#minInvisibleMs = Number(min);
-          continue;
+          return 'again';
         }
         const mapped = toRocketMqError(err, this.#ctx('receiving'));
         const permanent =
@@ -301,20 +305,10 @@ export class RocketMqSubscription implements Subscription {
           mapped.code === 'INVALID_ARGUMENT';
         // Before the first successful receive such an error is the subscription's own mistake;
         // afterwards (a proxy restart re-registering routes) it is retried like any other.
-        if (permanent && !this.#received) {
-          this.#queue.end(mapped);
-          return;
-        }
-        const wait = backoff.next();
-        log?.warn(
-          { topic: this.topic, group: this.group, err: mapped.message, retryInMs: Math.round(wait) },
-          'rocketmq: receive failed',
-        );
-        await delay(wait, signal).catch(() => {});
-        continue;
-      }
-      for (const view of views) this.#accept(view);
-    }
+        return permanent && !this.#received ? { end: mapped } : 'retry';
+      },
+    });
+    if (end !== undefined) this.#queue.end(end);
   }
 
   #accept(view: MessageView): void {

@@ -9,7 +9,7 @@ import { messageOf } from './messages.js';
 import type { ProducerHandle, ProducerRegistry } from './producers.js';
 import type { SendTrace } from './service.js';
 import type { StatusMapper } from './status.js';
-import { ABORT_GRACE_MS } from './subscribe.js';
+import { cutIfStuck } from './stream-cut.js';
 import { bounded, LIMITS, requireId } from './validate.js';
 import type { WirePublishEntry, WirePublishRequest, WirePublishResponse, WirePublishResult } from './wire.js';
 
@@ -117,9 +117,7 @@ export class PublishStreams {
         progressAt: Date.now(),
         abort: (error) => {
           finish(error);
-          const timer = setTimeout(() => this.#deps.cutConnection(ctx.peer), ABORT_GRACE_MS);
-          timer.unref();
-          call.once('close', () => clearTimeout(timer));
+          cutIfStuck(call, () => this.#deps.cutConnection(ctx.peer));
         },
         drain: (error) => {
           closingError = error;

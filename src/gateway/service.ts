@@ -1,6 +1,5 @@
 import {
   type ServerUnaryCall,
-  type ServerWritableStream,
   status as Status,
   type sendUnaryData,
   type UntypedServiceImplementation,
@@ -25,12 +24,13 @@ import type { Action } from './auth.js';
 import { type Caller, makeCaller } from './callers.js';
 import { type CallContext, callContext } from './calls.js';
 import type { GatewayConfig } from './config.js';
-import type { ConsumerRegistry, DeliverySink, Session } from './consumers.js';
+import type { ConsumerRegistry, Session } from './consumers.js';
 import type { Logger } from './log.js';
-import { messageOf, wireMessage } from './messages.js';
+import { messageOf } from './messages.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { ProducerHandle, ProducerRegistry } from './producers.js';
 import { PublishStreams } from './publish.js';
+import { receiveHandler } from './receive.js';
 import type { Redactor } from './redact.js';
 import type { BrokerRouter } from './routing.js';
 import type { StatusMapper } from './status.js';
@@ -44,7 +44,6 @@ import type {
   WireCreateRequest,
   WireEndTransactionRequest,
   WireEntryResult,
-  WireMessage,
   WireSendMessagesRequest,
   WireSendRequest,
 } from './wire.js';
@@ -69,9 +68,6 @@ export interface ServiceDeps {
 }
 
 type Handler<Req, Res> = (req: Req, ctx: CallContext) => Promise<Res>;
-
-/** How long a stream ended for not reading may take to finish before its connection is cut. */
-const ABORT_GRACE_MS = 2000;
 
 /**
  * One handler per RPC: validate, check permissions, call the registries, map errors to a status.
@@ -481,61 +477,13 @@ export function createService(deps: ServiceDeps): Service {
       return { healthy: false, message };
     }),
 
-    ReceiveMessages: (call: ServerWritableStream<{ consumer_id?: string }, WireMessage>): void => {
-      let ended = false;
-      const fail = (err: unknown): void => {
-        if (ended) return;
-        ended = true;
-        call.emit('error', toStatus(err));
-      };
-      try {
-        const ctx = callContext(call);
-        const id = requireId(call.request.consumer_id, 'consumer_id', 'CreateConsumer');
-        const sink: DeliverySink = {
-          rpc: 'ReceiveMessages',
-          // One stream message per delivery (the wire contract); a batch is several writes.
-          maxBatch: 16,
-          maxBatchBytes: config.streamBufferBytes,
-          credit: () => Number.POSITIVE_INFINITY,
-          maxInFlight: 0,
-          transportBytes: () => deps.transportBytes(ctx.peer),
-          write: (batch, flushed) => {
-            const last = batch.length - 1;
-            for (let i = 0; i < last; i++) {
-              const o = batch[i] as (typeof batch)[number];
-              call.write(wireMessage(o.message, o.receiptHandle));
-            }
-            const o = batch[last] as (typeof batch)[number];
-            call.write(wireMessage(o.message, o.receiptHandle), flushed);
-          },
-          end: (error) => {
-            if (error) fail(error);
-            else if (!ended) {
-              ended = true;
-              call.end();
-            }
-          },
-          abort: (error) => {
-            fail(error);
-            // The status queues behind data the client never reads; if the call has not finished
-            // shortly, cut the connection so the transport lets go of that data.
-            const timer = setTimeout(() => deps.cutConnection(ctx.peer), ABORT_GRACE_MS);
-            timer.unref();
-            call.once('close', () => clearTimeout(timer));
-          },
-        };
-        const attached = consumers.attach(id, ctx.principal.name, sink);
-        // 'cancelled' fires when the client goes away; 'close' covers transport failures.
-        const detach = (): void => {
-          ended = true;
-          attached.detach();
-        };
-        call.once('cancelled', detach);
-        call.once('close', detach);
-      } catch (err) {
-        fail(err);
-      }
-    },
+    ReceiveMessages: receiveHandler({
+      config,
+      consumers,
+      toStatus,
+      cutConnection: deps.cutConnection,
+      transportBytes: deps.transportBytes,
+    }),
   };
 
   return {

@@ -6,6 +6,7 @@ import type { ConsumerRegistry, DeliverySink, Session } from './consumers.js';
 import type { Logger } from './log.js';
 import { wireMessage } from './messages.js';
 import type { StatusMapper } from './status.js';
+import { cutIfStuck } from './stream-cut.js';
 import { atMost, bounded, LIMITS, nonNegativeInt } from './validate.js';
 import type {
   WireHandleFailure,
@@ -30,9 +31,6 @@ export interface SubscribeDeps {
   /** Creates a session for an open frame's subscription (permissions checked). */
   createSession(open: WireSubscribeOpen, ctx: CallContext): Promise<Session>;
 }
-
-/** How long a stream ended for not reading may take to finish before its connection is cut. */
-export const ABORT_GRACE_MS = 2000;
 
 /**
  * The Subscribe stream: the consume fast path. One stream carries credit and acks from the client
@@ -185,9 +183,7 @@ export function subscribeHandler(
         end: (error) => finish(error),
         abort: (error) => {
           finish(error);
-          const timer = setTimeout(() => deps.cutConnection(ctx.peer), ABORT_GRACE_MS);
-          timer.unref();
-          call.once('close', () => clearTimeout(timer));
+          cutIfStuck(call, () => deps.cutConnection(ctx.peer));
         },
       };
       call.write({ consumer_id: session.id });

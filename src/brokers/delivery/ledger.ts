@@ -1,4 +1,5 @@
 import { MqError, NotFoundError } from '../../core/errors.js';
+import { type Linked, LinkedList } from '../../core/linked-list.js';
 import type { Message } from '../../core/message.js';
 import type { ScheduledTask, Scheduler } from '../../core/scheduler.js';
 
@@ -35,14 +36,15 @@ const WHY: Record<Exclude<Ending, 'acked'>, string> = {
  * The ledger's bookkeeping on a delivery. Adapters' delivery classes extend it, so holding a
  * delivery costs no object besides the delivery itself (the gateway holds thousands).
  */
-export abstract class LedgerEntry {
+export abstract class LedgerEntry implements Linked<LedgerEntry> {
   abstract readonly message: Message;
   /** undefined: not handed out yet; 'held': handed out and unsettled; else what ended it. */
   hold: 'held' | Ending | undefined = undefined;
   /** When the ack timeout passes (epoch ms); set when handed out. */
   dueAt = 0;
-  ledgerPrev: LedgerEntry | undefined = undefined;
-  ledgerNext: LedgerEntry | undefined = undefined;
+  /** The ledger's links (hand-out order). */
+  prev: LedgerEntry | undefined = undefined;
+  next: LedgerEntry | undefined = undefined;
 
   /** Handed out and not settled, expired, released or voided. */
   get held(): boolean {
@@ -74,9 +76,8 @@ export interface LedgerOptions<T extends LedgerEntry> {
  */
 export class Ledger<T extends LedgerEntry> {
   readonly #options: LedgerOptions<T>;
-  #first: LedgerEntry | undefined;
-  #last: LedgerEntry | undefined;
-  #size = 0;
+  /** Held deliveries in hand-out order, which is also due order. */
+  readonly #held = new LinkedList<LedgerEntry>();
   #timer: ScheduledTask | undefined;
   #closed = false;
 
@@ -86,7 +87,7 @@ export class Ledger<T extends LedgerEntry> {
 
   /** Deliveries held now. */
   get size(): number {
-    return this.#size;
+    return this.#held.size;
   }
 
   get ackTimeoutMs(): number {
@@ -98,12 +99,7 @@ export class Ledger<T extends LedgerEntry> {
     if (d.hold === 'held') return;
     d.hold = 'held';
     d.dueAt = now + this.#options.ackTimeoutMs;
-    d.ledgerPrev = this.#last;
-    d.ledgerNext = undefined;
-    if (this.#last) this.#last.ledgerNext = d;
-    else this.#first = d;
-    this.#last = d;
-    this.#size++;
+    this.#held.push(d);
     if (this.#timer === undefined && !this.#closed) this.#arm(d.dueAt);
   }
 
@@ -139,7 +135,7 @@ export class Ledger<T extends LedgerEntry> {
   /** Ends a delivery's hold with `how`; false when it was not held (nothing changed then). */
   end(d: T, how: Ending): boolean {
     if (d.hold !== 'held') return false;
-    this.#unlink(d);
+    this.#held.remove(d);
     d.hold = how;
     return true;
   }
@@ -150,10 +146,10 @@ export class Ledger<T extends LedgerEntry> {
    */
   endAll(how: Ending, which?: (d: T) => boolean): T[] {
     const out: T[] = [];
-    for (let d = this.#first; d !== undefined; ) {
-      const next = d.ledgerNext;
+    for (let d = this.#held.first; d !== undefined; ) {
+      const next = d.next;
       if (which === undefined || which(d as T)) {
-        this.#unlink(d);
+        this.#held.remove(d);
         d.hold = how;
         out.push(d as T);
       }
@@ -169,16 +165,6 @@ export class Ledger<T extends LedgerEntry> {
     this.#timer = undefined;
   }
 
-  #unlink(d: LedgerEntry): void {
-    if (d.ledgerPrev) d.ledgerPrev.ledgerNext = d.ledgerNext;
-    else this.#first = d.ledgerNext;
-    if (d.ledgerNext) d.ledgerNext.ledgerPrev = d.ledgerPrev;
-    else this.#last = d.ledgerPrev;
-    d.ledgerPrev = undefined;
-    d.ledgerNext = undefined;
-    this.#size--;
-  }
-
   #arm(at: number): void {
     this.#timer = this.#options.scheduler.at(at, () => {
       this.#timer = undefined;
@@ -190,11 +176,12 @@ export class Ledger<T extends LedgerEntry> {
     if (this.#closed) return;
     const now = Date.now();
     // The callback may end other holds (a Kafka rewind ends its partition's): re-read the head.
-    for (let d = this.#first; d !== undefined && d.dueAt <= now; d = this.#first) {
-      this.#unlink(d);
+    for (let d = this.#held.first; d !== undefined && d.dueAt <= now; d = this.#held.first) {
+      this.#held.remove(d);
       d.hold = 'expired';
       this.#options.expired(d as T);
     }
-    if (this.#first !== undefined && this.#timer === undefined && !this.#closed) this.#arm(this.#first.dueAt);
+    const first = this.#held.first;
+    if (first !== undefined && this.#timer === undefined && !this.#closed) this.#arm(first.dueAt);
   }
 }

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Deque } from '../../core/deque.js';
 import { InvalidArgumentError, ResourceExhaustedError } from '../../core/errors.js';
+import { type Linked, LinkedList } from '../../core/linked-list.js';
 import type { Engine } from './engine.js';
 import type { Group } from './group.js';
 
@@ -116,13 +117,13 @@ export interface StoredMessage {
 }
 
 /** One message retained by a topic. */
-export class Slot {
+export class Slot implements Linked<Slot> {
   /** Groups that still have to ack (or skip, or dead-letter) this message. */
   refs = 0;
   /** In the topic's live list (appended and not yet freed). */
   live = false;
-  prev: Slot | undefined;
-  next: Slot | undefined;
+  prev: Slot | undefined = undefined;
+  next: Slot | undefined = undefined;
   /** Neighbours in the broker's list of orphans (messages no group owes), oldest first. */
   olderOrphan: Slot | undefined;
   newerOrphan: Slot | undefined;
@@ -245,8 +246,8 @@ export class Topic {
   messages = 0;
   delayed = 0;
   prepared = 0;
-  #head: Slot | undefined;
-  #tail: Slot | undefined;
+  /** Appended and not yet freed, oldest first. */
+  readonly #live = new LinkedList<Slot>();
   /**
    * Messages published while the topic had no group. Nobody owes them an ack, so they are kept
    * only as a best-effort backlog for a later group that subscribes with start: 'earliest' (the
@@ -322,10 +323,7 @@ export class Topic {
   /** Makes a message visible: every group existing now owes it an ack. */
   append(slot: Slot): void {
     slot.live = true;
-    slot.prev = this.#tail;
-    if (this.#tail) this.#tail.next = slot;
-    else this.#head = slot;
-    this.#tail = slot;
+    this.#live.push(slot);
     this.messages++;
     slot.refs = this.groups.size;
     if (slot.refs === 0) {
@@ -368,7 +366,7 @@ export class Topic {
    * refusing the subscription would not free them.
    */
   adoptAll(group: Group, since = 0): void {
-    for (let s = this.#head; s !== undefined; s = s.next) {
+    for (let s = this.#live.first; s !== undefined; s = s.next) {
       // A time start skips what was born before it (bornAt is the publish time).
       if (s.msg.bornAt < since) continue;
       s.refs++;
@@ -391,12 +389,7 @@ export class Topic {
 
   #free(slot: Slot): void {
     slot.live = false;
-    if (slot.prev) slot.prev.next = slot.next;
-    else this.#head = slot.next;
-    if (slot.next) slot.next.prev = slot.prev;
-    else this.#tail = slot.prev;
-    slot.prev = undefined;
-    slot.next = undefined;
+    this.#live.remove(slot);
     this.charge(-slot.bytes);
     this.messages--;
   }

@@ -2,15 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { KeyedHold } from '../../../../src/brokers/delivery/keyed.js';
 import { Scheduler } from '../../../../src/core/scheduler.js';
-
-/** Polls until `check` holds or the deadline passes (timers here are real, and the machine shared). */
-async function until(check: () => boolean, what: string, deadlineMs = 5_000): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  while (!check()) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+import { eventually } from '../../../support/leaks.js';
 
 test('keyed hold: one head per key; later messages wait in order and follow as each head settles', () => {
   const scheduler = new Scheduler();
@@ -63,7 +55,7 @@ test('keyed hold: when the redelivery goes to another consumer, the key moves on
   hold.admit('k', 'm2');
   const handedOut: string[] = [];
   hold.awaitRedelivery('k', 1, 30, (next) => handedOut.push(next));
-  await until(() => handedOut.length === 1, 'the deadline');
+  await eventually(() => handedOut.length === 1, 'the deadline');
   assert.deepEqual(handedOut, ['m2']);
   assert.equal(hold.head('k'), 'm2');
   assert.equal(hold.claim('k', 1, 'late'), false, 'a redelivery after the deadline is a new message');
@@ -73,7 +65,7 @@ test('keyed hold: when the redelivery goes to another consumer, the key moves on
   // With nothing waiting, the deadline frees the key and hands out nothing.
   hold.admit('j', 'j1');
   hold.awaitRedelivery('j', 2, 20, (next) => handedOut.push(next));
-  await until(() => !hold.has('j'), 'the key to be freed');
+  await eventually(() => !hold.has('j'), 'the key to be freed');
   assert.deepEqual(handedOut, ['m2']);
   scheduler.close();
 });

@@ -4,6 +4,7 @@ import { Ledger, LedgerEntry } from '../../../../src/brokers/delivery/ledger.js'
 import { isMqError } from '../../../../src/core/errors.js';
 import type { Message } from '../../../../src/core/message.js';
 import { Scheduler } from '../../../../src/core/scheduler.js';
+import { eventually } from '../../../support/leaks.js';
 
 class Item extends LedgerEntry {
   readonly message: Message;
@@ -43,14 +44,6 @@ function code(fn: () => unknown): string | undefined {
     return undefined;
   } catch (err) {
     return isMqError(err) ? err.code : 'not an MqError';
-  }
-}
-
-async function until(check: () => boolean, what: string, deadlineMs = 5_000): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  while (!check()) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
   }
 }
 
@@ -94,7 +87,7 @@ test('ledger: deliveries expire in hand-out order on one scheduler entry; a sett
   for (const d of items) l.hold(d);
   assert.equal(scheduler.size, 1, 'one timer for all of them');
   l.end(items[1] as Item, 'acked');
-  await until(() => expired.length === 3, 'three expiries');
+  await eventually(() => expired.length === 3, 'three expiries');
   assert.deepEqual(expired, ['a', 'c', 'd']);
   assert.equal(l.size, 0);
   assert.equal(
@@ -105,7 +98,7 @@ test('ledger: deliveries expire in hand-out order on one scheduler entry; a sett
   // Held later: the clock re-arms.
   const e = new Item('e');
   l.hold(e);
-  await until(() => expired.length === 4, 'the later expiry');
+  await eventually(() => expired.length === 4, 'the later expiry');
   scheduler.close();
 });
 
@@ -118,7 +111,7 @@ test('ledger: an expiry that ends other holds (a Kafka rewind) does not expire t
   });
   const now = Date.now();
   for (const d of items) l.hold(d, now);
-  await until(() => expired.length > 0, 'the expiry');
+  await eventually(() => expired.length > 0, 'the expiry');
   await new Promise((r) => setTimeout(r, 100));
   assert.deepEqual(expired, ['a']);
   assert.deepEqual(

@@ -2,14 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { type PullFailure, runPullLoop } from '../../../../src/brokers/delivery/pull-loop.js';
 import { Notifier } from '../../../../src/core/lifecycle.js';
-
-async function until(check: () => boolean, what: string, deadlineMs = 5_000): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  while (!check()) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
+import { eventually } from '../../../support/leaks.js';
 
 /** A broker stand-in: `room` is the subscription's free window; each pull fills what it asks. */
 function harness(failures: Array<PullFailure | Error | undefined> = []) {
@@ -51,11 +44,11 @@ test('pull loop: pulls only what there is room for, and waits for a wake-up with
   assert.deepEqual(h.state.pulls, [], 'no room, no pull');
   h.state.room = 3;
   h.wake.notifyAll();
-  await until(() => h.state.pulls.length === 1, 'a pull');
+  await eventually(() => h.state.pulls.length === 1, 'a pull');
   assert.deepEqual(h.state.pulls, [3]);
   h.state.room = 2;
   h.wake.notifyAll();
-  await until(() => h.state.pulls.length === 2, 'a second pull');
+  await eventually(() => h.state.pulls.length === 2, 'a second pull');
   assert.deepEqual(h.state.pulls, [3, 2]);
   h.ac.abort();
   assert.equal(await h.done, undefined);
@@ -65,7 +58,7 @@ test('pull loop: a transient failure backs off, more each time, and a success st
   const h = harness([new Error('down'), new Error('down'), new Error('down')]);
   h.state.room = 1;
   h.wake.notifyAll();
-  await until(() => h.state.room === 0, 'the pull that succeeds');
+  await eventually(() => h.state.room === 0, 'the pull that succeeds');
   assert.equal(h.state.pulls.length, 4);
   assert.equal(h.state.failedCalls, 3);
   assert.deepEqual(
@@ -100,7 +93,7 @@ test('pull loop: aborting ends a wait for room, a backoff, or a pull in progress
   const backingOff = harness([new Error('down')]);
   backingOff.state.room = 1;
   backingOff.wake.notifyAll();
-  await until(() => backingOff.state.failedCalls === 1, 'the failure');
+  await eventually(() => backingOff.state.failedCalls === 1, 'the failure');
   backingOff.ac.abort();
   assert.equal(await backingOff.done, undefined);
 

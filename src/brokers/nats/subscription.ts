@@ -216,8 +216,9 @@ export class NatsSubscription implements Subscription {
     this.#bySeq.set(seq, d);
     if (previous !== undefined && previous.state === 'out') {
       // The server's ack timer fired just before ours: the handed-out delivery is void now, and
-      // the redelivery takes its place (for ordered, as the head of its key).
-      this.#ledger.end(previous, 'redelivered');
+      // the redelivery takes its place (for ordered, as the head of its key). The server's timer
+      // is the same ack timeout, so that is what the late ack is told.
+      this.#ledger.end(previous, 'expired');
       this.#unsettled.delete(previous);
       const key = message.key;
       if (this.#deps.ordered && key !== undefined && this.#keys.head(key) === previous) {

@@ -171,8 +171,12 @@ export class Session implements Owned {
   /** Handles acked lately: a repeated ack of one of them is answered OK. */
   readonly #recentAcks = new BoundedMap<string, true>(RECENT_ACKS);
   readonly #room = new Notifier();
-  /** The ack clock of the deliveries the client has (written and not settled). */
-  readonly #ledger: Ledger<InFlight>;
+  /**
+   * The ack clock of the deliveries the client has (written and not settled); made at the first
+   * write, as most of a gateway's sessions may sit idle.
+   */
+  #ledger: Ledger<InFlight> | undefined;
+  readonly #scheduler: Scheduler;
   readonly #iterator: AsyncIterator<Delivery>;
   #pendingNext: Promise<IteratorResult<Delivery>> | undefined;
   /** A delivery pulled that did not fit the last batch's bytes: first of the next one. */
@@ -194,11 +198,15 @@ export class Session implements Owned {
   ) {
     this.owner = caller.owner;
     this.#iterator = subscription[Symbol.asyncIterator]();
-    this.#ledger = new Ledger({
-      scheduler,
-      ackTimeoutMs: opts.ackTimeoutMs,
-      topic: input.topic,
-      group: input.group,
+    this.#scheduler = scheduler;
+  }
+
+  #clock(): Ledger<InFlight> {
+    this.#ledger ??= new Ledger({
+      scheduler: this.#scheduler,
+      ackTimeoutMs: this.opts.ackTimeoutMs,
+      topic: this.input.topic,
+      group: this.input.group,
       broker: 'the gateway',
       // Not acked within ACK_TIMEOUT of reaching the client: back to the broker for redelivery.
       expired: (e) => {
@@ -208,6 +216,7 @@ export class Session implements Owned {
         this.#room.notifyAll();
       },
     });
+    return this.#ledger;
   }
 
   /** The stream's credit grew, or something else may have made room: the pump looks again. */
@@ -272,7 +281,7 @@ export class Session implements Owned {
     if (e.settling) return e.settling;
     const counts = this.opts.metrics.counts;
     // The ack clock stops while the broker is asked (and restarts if that fails).
-    this.#ledger.end(e, how === 'nack' ? 'nacked' : 'acked');
+    this.#ledger?.end(e, how === 'nack' ? 'nacked' : 'acked');
     e.settling = op().then(
       () => {
         if (this.inFlight.get(e.receiptHandle) === e) this.inFlight.delete(e.receiptHandle);
@@ -287,7 +296,7 @@ export class Session implements Owned {
         e.settling = undefined;
         // The stream ended while the broker was asked: nobody holds the delivery any more.
         if (this.inFlight.get(e.receiptHandle) !== e) this.#release(e, true);
-        else if (e.flushed) this.#ledger.hold(e);
+        else if (e.flushed) this.#clock().hold(e);
         throw err;
       },
     );
@@ -344,7 +353,7 @@ export class Session implements Owned {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#ledger.close();
+    this.#ledger?.close();
     const a = this.#attachment;
     if (a) {
       this.#detach(a);
@@ -459,7 +468,8 @@ export class Session implements Owned {
         // Settled or released entries are out of the map already: they need no clock.
         for (const e of entries) {
           e.flushed = true;
-          if (e.settling === undefined && this.inFlight.get(e.receiptHandle) === e) this.#ledger.hold(e, now);
+          if (e.settling === undefined && this.inFlight.get(e.receiptHandle) === e)
+            this.#clock().hold(e, now);
         }
         this.#room.notifyAll();
       });
@@ -524,7 +534,7 @@ export class Session implements Owned {
     this.registry.streamEnded(this);
     // Every delivery the stream held goes back to the broker at once; one the client never
     // received (still unwritten) does not count as a delivery attempt.
-    this.#ledger.endAll('closed');
+    this.#ledger?.endAll('closed');
     for (const e of this.inFlight.values()) {
       if (!e.settling) this.#release(e, e.flushed);
     }

@@ -75,14 +75,25 @@ export interface LedgerOptions<T extends LedgerEntry> {
  * deadline, however many deliveries it holds. Settling is O(1) (unlink).
  */
 export class Ledger<T extends LedgerEntry> {
-  readonly #options: LedgerOptions<T>;
+  // The options' fields, not the options object: a gateway holds a ledger per idle session.
+  readonly #scheduler: Scheduler;
+  readonly #ackTimeoutMs: number;
+  readonly #topic: string;
+  readonly #group: string;
+  readonly #broker: string;
+  readonly #expired: (d: T) => void;
   /** Held deliveries in hand-out order, which is also due order. */
   readonly #held = new LinkedList<LedgerEntry>();
   #timer: ScheduledTask | undefined;
   #closed = false;
 
   constructor(options: LedgerOptions<T>) {
-    this.#options = options;
+    this.#scheduler = options.scheduler;
+    this.#ackTimeoutMs = options.ackTimeoutMs;
+    this.#topic = options.topic;
+    this.#group = options.group;
+    this.#broker = options.broker;
+    this.#expired = options.expired;
   }
 
   /** Deliveries held now. */
@@ -91,14 +102,14 @@ export class Ledger<T extends LedgerEntry> {
   }
 
   get ackTimeoutMs(): number {
-    return this.#options.ackTimeoutMs;
+    return this.#ackTimeoutMs;
   }
 
   /** Starts a delivery's hold and its ack clock (at hand-out). */
   hold(d: T, now = Date.now()): void {
     if (d.hold === 'held') return;
     d.hold = 'held';
-    d.dueAt = now + this.#options.ackTimeoutMs;
+    d.dueAt = now + this.#ackTimeoutMs;
     this.#held.push(d);
     if (this.#timer === undefined && !this.#closed) this.#arm(d.dueAt);
   }
@@ -114,7 +125,9 @@ export class Ledger<T extends LedgerEntry> {
     const hold = d.hold;
     if (hold === 'held') return true;
     if (hold === 'nacked' || (hold === 'acked' && how === 'ack')) return false;
-    const { topic, group, broker } = this.#options;
+    const topic = this.#topic;
+    const group = this.#group;
+    const broker = this.#broker;
     if (hold === 'acked') {
       throw new MqError(
         'FAILED_PRECONDITION',
@@ -123,7 +136,7 @@ export class Ledger<T extends LedgerEntry> {
     }
     const why =
       hold === 'expired'
-        ? `its ack timeout (${this.#options.ackTimeoutMs} ms) passed`
+        ? `its ack timeout (${this.#ackTimeoutMs} ms) passed`
         : hold === undefined
           ? 'it was never handed out'
           : WHY[hold];
@@ -166,7 +179,7 @@ export class Ledger<T extends LedgerEntry> {
   }
 
   #arm(at: number): void {
-    this.#timer = this.#options.scheduler.at(at, () => {
+    this.#timer = this.#scheduler.at(at, () => {
       this.#timer = undefined;
       this.#expire();
     });
@@ -179,7 +192,7 @@ export class Ledger<T extends LedgerEntry> {
     for (let d = this.#held.first; d !== undefined && d.dueAt <= now; d = this.#held.first) {
       this.#held.remove(d);
       d.hold = 'expired';
-      this.#options.expired(d as T);
+      this.#expired(d as T);
     }
     const first = this.#held.first;
     if (first !== undefined && this.#timer === undefined && !this.#closed) this.#arm(first.dueAt);

@@ -36,7 +36,8 @@ export class MemorySubscription implements Subscription {
   readonly group: string;
   readonly maxInFlight: number;
   readonly ackTimeoutMs: number;
-  readonly #ledger: Ledger<MemoryDelivery>;
+  /** Made at the first hand-out: a gateway keeps a subscription per session, many of them idle. */
+  #ledger: Ledger<MemoryDelivery> | undefined;
   #closed = false;
   #waiters: Array<() => void> = [];
   readonly close: () => Promise<void>;
@@ -51,8 +52,11 @@ export class MemorySubscription implements Subscription {
     this.maxInFlight = options.maxInFlight;
     this.ackTimeoutMs = options.ackTimeoutMs;
     this.close = closeOnce(async () => this.#close());
-    this.#ledger = new Ledger({
-      scheduler: engine.scheduler,
+  }
+
+  #clock(): Ledger<MemoryDelivery> {
+    this.#ledger ??= new Ledger({
+      scheduler: this.engine.scheduler,
       ackTimeoutMs: this.ackTimeoutMs,
       topic: this.topic,
       group: this.group,
@@ -62,10 +66,11 @@ export class MemorySubscription implements Subscription {
         this.wake();
       },
     });
+    return this.#ledger;
   }
 
   get inFlight(): number {
-    return this.#ledger.size;
+    return this.#ledger?.size ?? 0;
   }
 
   get closed(): boolean {
@@ -90,7 +95,7 @@ export class MemorySubscription implements Subscription {
 
   takeReady(max: number): Delivery[] {
     const out: Delivery[] = [];
-    while (out.length < max && !this.#closed && !this.engine.closed && this.#ledger.size < this.maxInFlight) {
+    while (out.length < max && !this.#closed && !this.engine.closed && this.inFlight < this.maxInFlight) {
       const entry = this.groupState.take();
       if (entry === undefined) break;
       out.push(this.#deliver(entry));
@@ -102,7 +107,7 @@ export class MemorySubscription implements Subscription {
     for (;;) {
       // The broker check stops hand-outs while broker.close() is still closing subscriptions.
       if (this.#closed || this.engine.closed) return { value: undefined, done: true };
-      if (this.#ledger.size < this.maxInFlight) {
+      if (this.inFlight < this.maxInFlight) {
         const entry = this.groupState.take();
         if (entry !== undefined) return { value: this.#deliver(entry), done: false };
         this.groupState.waiting.add(this);
@@ -128,13 +133,14 @@ export class MemorySubscription implements Subscription {
     };
     entry.attempts++;
     const d = new MemoryDelivery(message, entry, this);
-    this.#ledger.hold(d);
+    this.#clock().hold(d);
     return d;
   }
 
   settle(d: MemoryDelivery, ack: boolean, options: NackOptions | undefined): void {
     this.engine.assertOpen();
-    if (!this.#ledger.settle(d, ack ? 'ack' : 'nack')) return;
+    const ledger = this.#clock();
+    if (!ledger.settle(d, ack ? 'ack' : 'nack')) return;
     let delayMs = 0;
     if (!ack && options?.delayMs !== undefined) {
       delayMs = options.delayMs;
@@ -144,7 +150,7 @@ export class MemorySubscription implements Subscription {
         );
       }
     }
-    this.#ledger.end(d, ack ? 'acked' : 'nacked');
+    ledger.end(d, ack ? 'acked' : 'nacked');
     if (ack) {
       this.groupState.finish(d.entry);
     } else {
@@ -161,13 +167,13 @@ export class MemorySubscription implements Subscription {
 
   async #close(): Promise<void> {
     this.#closed = true;
-    this.#ledger.close();
+    this.#ledger?.close();
     const group = this.groupState;
     group.subs.delete(this);
     group.waiting.delete(this);
     this.engine.subscriptions.delete(this);
     // Release in delivery order so redeliveries keep that order.
-    for (const d of this.#ledger.endAll('closed')) {
+    for (const d of this.#ledger?.endAll('closed') ?? []) {
       group.requeue(d.entry, 'its subscription closed before it was acked', 0);
     }
     group.idle();

@@ -28,13 +28,14 @@ import {
 } from './helpers.js';
 
 const HEADERS_TIMEOUT_MS = 1000;
+/** One sweep (HEADERS_TIMEOUT/4) plus scheduling on a loaded 2-core machine. */
+const SLACK_MS = 1500;
 /**
- * One sweep (HEADERS_TIMEOUT/4) plus scheduling on a loaded 2-core machine, where a close was
- * once observed 2 s late. Generous on purpose: without the cut an idle socket stays open for good
- * and a trickled frame (200 bytes, one per 100 ms) keeps its socket busy for 20 s, so a bound of
- * a few seconds still fails whenever the mechanism is missing.
+ * CONNECTION_IDLE_TIMEOUT is enforced by idle timers (grpc-js's and the listener's) that a loaded CI machine was
+ * once seen to run 2 s late (closed 4,010 ms after the call). The bound still fails when the cut
+ * is missing: the trickled frame (200 bytes, one per 100 ms) keeps the socket busy for 20 s.
  */
-const SLACK_MS = 4000;
+const IDLE_SLACK_MS = 4000;
 
 const report: string[] = [];
 
@@ -273,13 +274,13 @@ describe('idle and trickling connections are closed after HEADERS_TIMEOUT; worki
       await eventually(
         () => p.closedAfter !== undefined,
         'the trickling connection closed',
-        2000 + SLACK_MS + 1000,
+        2000 + IDLE_SLACK_MS + 1000,
       );
       const after = Date.now() - served;
       report.push(
         `a connection trickling a HEADERS frame after one call closed ${after} ms after the call (CONNECTION_IDLE_TIMEOUT=2000 ms)`,
       );
-      assert.ok(after <= 2000 + SLACK_MS, `lived ${after} ms after its call`);
+      assert.ok(after <= 2000 + IDLE_SLACK_MS, `lived ${after} ms after its call`);
       await assertHealthy(idle.alice, ALICE);
     } finally {
       p.destroy();

@@ -101,10 +101,6 @@ export class Ledger<T extends LedgerEntry> {
     return this.#held.size;
   }
 
-  get ackTimeoutMs(): number {
-    return this.#ackTimeoutMs;
-  }
-
   /** Starts a delivery's hold and its ack clock (at hand-out). */
   hold(d: T, now = Date.now()): void {
     if (d.hold === 'held') return;
@@ -154,19 +150,15 @@ export class Ledger<T extends LedgerEntry> {
   }
 
   /**
-   * Ends every hold (all of them, or those `which` selects) with `how`, and returns those
-   * deliveries in hand-out order, so the caller can give them back in that order.
+   * Ends every hold with `how` and returns those deliveries in hand-out order, so the caller can
+   * give them back in that order.
    */
-  endAll(how: Ending, which?: (d: T) => boolean): T[] {
+  endAll(how: Ending): T[] {
     const out: T[] = [];
-    for (let d = this.#held.first; d !== undefined; ) {
-      const next = d.next;
-      if (which === undefined || which(d as T)) {
-        this.#held.remove(d);
-        d.hold = how;
-        out.push(d as T);
-      }
-      d = next;
+    for (let d = this.#held.first; d !== undefined; d = this.#held.first) {
+      this.#held.remove(d);
+      d.hold = how;
+      out.push(d as T);
     }
     return out;
   }

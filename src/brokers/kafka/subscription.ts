@@ -252,10 +252,6 @@ export class KafkaSubscription implements Subscription {
   /** Ends a delivery's hold (`how`) and removes it from its partition's offsets and keys. */
   #drop(d: KafkaDelivery, how: Ending): void {
     this.#ledger.end(d, how);
-    this.#forget(d);
-  }
-
-  #forget(d: KafkaDelivery): void {
     const p = d.state;
     if (p.inflight.get(d.offset) !== d) return;
     p.inflight.delete(d.offset);

@@ -480,8 +480,9 @@ export class RocketMqSubscription implements Subscription {
   async settle(delivery: RocketMqDelivery, delayMs: number | undefined): Promise<void> {
     const entry = delivery.entry;
     const action = delayMs === undefined ? 'acking' : 'nacking';
-    // Refuses a delivery that is no longer held (a repeat never gets here: see RocketMqDelivery).
-    this.#ledger.settle(delivery, delayMs === undefined ? 'ack' : 'nack');
+    // Refuses a delivery that is no longer held (a repeat is answered by RocketMqDelivery's
+    // cached settle before it gets here).
+    if (!this.#ledger.settle(delivery, delayMs === undefined ? 'ack' : 'nack')) return;
     this.#void(entry, delayMs === undefined ? 'acked' : 'nacked');
     if (delayMs !== undefined && this.#retriesHere(entry)) {
       // FIFO retry, here and first in its group. The broker only keeps it invisible meanwhile.
